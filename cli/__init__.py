@@ -1,0 +1,1 @@
+"""The ``csr-index`` command line (installed as ``csr_index.cli``)."""

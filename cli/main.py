@@ -1,0 +1,217 @@
+"""``csr-index`` commands: build, search, eval, info. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from csr_index import CSRConfig, CSRIndex
+from csr_index.errors import IndexFormatError
+from csr_index.evaluation import evaluate_run, read_qrels
+from csr_index.io import read_embeddings
+from csr_index.search import rerank_exact, top_entries
+
+SCORE_CHOICE = click.Choice(["asymmetric", "code"])
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def _load(path: str, quiet: bool) -> CSRIndex:
+    try:
+        return CSRIndex.load(path, progress=not quiet)
+    except IndexFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _read(path: str, column: str, id_column: str | None):
+    try:
+        emb = read_embeddings(path, column=column, id_column=id_column)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    return emb
+
+
+@click.group()
+@click.version_option(package_name="csr-index")
+def main() -> None:
+    """Learned sparse codes (CSR) for dense-embedding search."""
+
+
+@main.command()
+@click.argument("embeddings", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(), help="Index directory (default: EMBEDDINGS with .csr suffix).")
+@click.option("--k", "k", default=32, show_default=True, help="Active latents per code.")
+@click.option("--h", "h", type=int, default=None, help="Code width (default 4 * d).")
+@click.option("--column", default="embedding", show_default=True, help="Parquet column with the vectors.")
+@click.option("--id-column", default="id", show_default=True, help="Parquet column with ids (int) or keys (str).")
+@click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)
+@click.option("--store-vectors/--no-store-vectors", default=True, show_default=True,
+              help="Keep float16 originals for exact re-ranking.")
+@click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--steps", type=int, default=None, help="Training steps (default: from the data size).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="Training device (default: cuda if available).")
+@click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
+def build(embeddings, output, k, h, column, id_column, metric, store_vectors, values_dtype, steps, seed, device, quiet):
+    """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index."""
+    _setup_logging(quiet)
+    emb = _read(embeddings, column, id_column)
+    out = Path(output) if output else Path(embeddings).with_suffix(".csr")
+    try:
+        config = CSRConfig(steps=steps, seed=seed, device=device)
+        index = CSRIndex(emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0, k=k, h=h, metric=metric,
+                         store_vectors=store_vectors, values_dtype=values_dtype, config=config, progress=not quiet)
+        index.train(emb.vectors)
+        if emb.ids is not None:
+            index.add_with_ids(emb.vectors, emb.ids)
+        else:
+            index.add(emb.vectors, keys=emb.keys)
+        index.save(out)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    stats = index.train_stats
+    click.echo(f"built {index!r} in {stats['seconds']:.1f}s training (fvu {stats['fvu']:.3f}) -> {out}")
+
+
+def _query_keys(emb) -> list[str]:
+    if emb.keys is not None:
+        return emb.keys
+    if emb.ids is not None:
+        return [str(i) for i in emb.ids]
+    return [str(i) for i in range(len(emb.vectors))]
+
+
+def _labels(index: CSRIndex, ids: np.ndarray) -> np.ndarray:
+    keys = index.keys_of(ids)
+    has_key = keys != None  # noqa: E711  (element-wise on an object array)
+    return np.where(has_key, keys, np.where(ids >= 0, ids.astype(str), None))
+
+
+@main.command()
+@click.argument("index_path", type=click.Path(exists=True))
+@click.argument("queries", type=click.Path(exists=True, dir_okay=False))
+@click.option("--topk", default=10, show_default=True)
+@click.option("--k", "k", type=int, default=None, help="Active latents per query (default: the index's k).")
+@click.option("--score", type=SCORE_CHOICE, default="asymmetric", show_default=True)
+@click.option("--rerank", type=int, default=None, help="Re-rank this many candidates exactly (default: auto).")
+@click.option("--column", default="embedding", show_default=True)
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")
+@click.option("--quiet", is_flag=True)
+def search(index_path, queries, topk, k, score, rerank, column, id_column, as_json, quiet):
+    """Search INDEX_PATH with the vectors in QUERIES; prints query, rank, id, score."""
+    _setup_logging(quiet)
+    index = _load(index_path, quiet)
+    emb = _read(queries, column, id_column)
+    try:
+        D, I = index.search(emb.vectors, topk, k=k, score=score, rerank=rerank)
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    labels = _labels(index, I)
+    for qkey, drow, lrow in zip(_query_keys(emb), D, labels):
+        hits = [(str(lab), float(s)) for lab, s in zip(lrow, drow) if lab is not None]
+        if as_json:
+            click.echo(json.dumps({"query": qkey, "results": [{"id": i, "score": s} for i, s in hits]}))
+        else:
+            for rank, (lab, s) in enumerate(hits, 1):
+                click.echo(f"{qkey}\t{rank}\t{lab}\t{s:.6f}")
+
+
+@main.command(name="eval")
+@click.argument("index_path", type=click.Path(exists=True))
+@click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--qrels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="BEIR qrels TSV or TREC qrels.")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Dense corpus for the exact baseline (default: the index's stored vectors).")
+@click.option("--k", "k", type=int, default=None, help="Active latents per query.")
+@click.option("--column", default="embedding", show_default=True)
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--quiet", is_flag=True)
+def evaluate(index_path, queries, qrels, corpus, k, column, id_column, quiet):
+    """NDCG@10 and Recall@100 of each scoring mode, beside exact dense search."""
+    _setup_logging(quiet)
+    index = _load(index_path, quiet)
+    emb = _read(queries, column, id_column)
+    try:
+        labels = read_qrels(qrels)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    qkeys = _query_keys(emb)
+    depth = 100
+    rows = []
+
+    def record(name, D, I):
+        metrics = evaluate_run(labels, qkeys, D, _labels(index, I))
+        rows.append((name, metrics))
+
+    try:
+        dense = _dense_baseline(index, emb.vectors, corpus, column, id_column, depth)
+        if dense is not None:
+            record("dense (exact)", *dense)
+        for score in ("code", "asymmetric"):
+            record(f"csr {score}", *index.search(emb.vectors, depth, k=k, score=score, rerank=0))
+        if index.store_vectors:
+            record("csr asymmetric + rerank 100", *index.search(emb.vectors, depth, k=k, rerank=depth))
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    names = list(rows[0][1])
+    click.echo(f"{'method':32s}" + "".join(f"{n:>12s}" for n in names))
+    base = rows[0][1][names[0]] if dense is not None else None
+    for name, metrics in rows:
+        ratio = f"  ({metrics[names[0]] / base:.1%} of dense)" if base else ""
+        click.echo(f"{name:32s}" + "".join(f"{metrics[n]:12.4f}" for n in names) + ratio)
+
+
+def _dense_baseline(index, xq, corpus, column, id_column, depth):
+    """Exact dense top-``depth``: from the corpus file, else from the stored float16 originals."""
+    if corpus is not None:
+        emb = _read(corpus, column, id_column)
+        xb, ids = emb.vectors, emb.ids
+        if ids is None:
+            ids = np.arange(len(xb), dtype=np.int64) if emb.keys is None else None
+        if ids is None:
+            # string keys: map them onto the index's ids through its stored keys
+            key_to_id = {key: i for i, key in zip(index.ids, index.keys_of(index.ids)) if key is not None}
+            ids = np.array([key_to_id.get(k_, -1) for k_ in emb.keys], dtype=np.int64)
+    elif index.store_vectors:
+        xb, ids = None, index.ids
+    else:
+        return None
+    q = np.asarray(xq, dtype=np.float32)
+    if index.metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    if xb is None:
+        D, rows = rerank_exact(q, np.broadcast_to(np.arange(index.ntotal), (len(q), index.ntotal)).copy(),
+                               index.vectors(), depth)
+    else:
+        xb = np.asarray(xb, dtype=np.float32)
+        if index.metric == "cosine":
+            xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+        D, rows = top_entries(q @ xb.T, depth)
+    return D, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+
+
+@main.command()
+@click.argument("index_path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True)
+def info(index_path, as_json):
+    """Config, counts, bytes per vector and latent usage of an index."""
+    index = _load(index_path, quiet=True)
+    summary = index.stats()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:24s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Every hyper-parameter of the CSR adapter and its training, with defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["CSRConfig"]
+
+
+@dataclass
+class CSRConfig:
+    """Hyper-parameters of a CSR adapter. Defaults follow the paper where it is sound.
+
+    Only ``h`` and ``k`` shape the model; everything else shapes training.
+    """
+
+    h: int | None = None
+    """Width of the sparse code space; ``None`` means 4 * d (the paper's default)."""
+    k: int = 32
+    """Active latents per stored code (TopK); queries may use any k' <= k."""
+    k_aux: int = 512
+    """Dead latents used by the AuxK loss; capped at h / 2."""
+    multi_k_factor: int = 4
+    """The second TopK term reconstructs with ``multi_k_factor * k`` latents (paper: 4)."""
+    multi_k_weight: float = 1 / 8
+    """Weight of that second term (paper: 1/8)."""
+    beta: float = 1 / 32
+    """Weight of the AuxK loss (paper: 1/32)."""
+    gamma: float = 0.1
+    """Weight of the contrastive loss, relative to the normalised reconstruction loss."""
+    temperature: float = 0.2
+    """InfoNCE temperature on L2-normalised codes (paper: 0.2)."""
+    teacher_temperature: float = 0.0
+    """> 0: soft contrastive targets from dense cosine similarities at this temperature; 0: identity targets."""
+    augment_noise: float = 0.0
+    """> 0: unsupervised positives are noisy copies ``x + noise`` with ``||noise|| ~ augment_noise * ||x||``."""
+    dead_after: int = 20_000
+    """A latent is dead when it has not fired for this many training samples."""
+    lr: float = 4e-4
+    """Adam learning rate (peak, after warm-up)."""
+    adam_eps: float = 6.25e-10
+    """Adam epsilon (paper)."""
+    batch_size: int = 1024
+    """Training batch size; also the pool of in-batch negatives."""
+    steps: int | None = None
+    """Optimiser steps; ``None`` chooses from the number of training vectors (see ``train_steps``)."""
+    epochs: float = 20.0
+    """Passes over the data when ``steps`` is None, clamped to [min_steps, max_steps]."""
+    min_steps: int = 1000
+    max_steps: int = 20_000
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up; the rate then decays linearly to 0."""
+    pre_bias_init: str = "mean"
+    """'mean' starts ``pre_bias`` at the data mean (as EleutherAI sparsify); 'zero' as the paper."""
+    seed: int = 0
+    device: str | None = None
+    """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
+
+    def train_steps(self, n: int) -> int:
+        """Number of optimiser steps for ``n`` training vectors."""
+        if self.steps is not None:
+            return self.steps
+        per_epoch = max(1, -(-n // self.batch_size))
+        return int(min(self.max_steps, max(self.min_steps, round(self.epochs * per_epoch))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CSRConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown CSRConfig fields: {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,65 @@
+"""The CSR sparse adapter: a tied-weight TopK autoencoder (Beyond Matryoshka, sec. 3.2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SparseAdapter"]
+
+
+class SparseAdapter(nn.Module):
+    """Maps dense vectors (…, d) to non-negative k-sparse codes in R^h and back.
+
+    ``encode(x) = relu(topk((x - pre_bias) @ W.T + latent_bias, k))`` and
+    ``decode(z) = z @ W + pre_bias``; one weight ``W`` (h, d) is shared by both.
+    Codes are returned as (values, indices) of shape (n, k), never as a dense (n, h) matrix.
+    """
+
+    def __init__(self, d: int, h: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(h, d, generator=gen)
+        self.W = nn.Parameter(w / w.norm(dim=1, keepdim=True))
+        self.pre_bias = nn.Parameter(torch.zeros(d))
+        self.latent_bias = nn.Parameter(torch.zeros(h))
+
+    @property
+    def d(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def h(self) -> int:
+        return self.W.shape[0]
+
+    def preactivations(self, x: torch.Tensor) -> torch.Tensor:
+        """Dense pre-activations (n, h), before TopK and ReLU."""
+        return (x - self.pre_bias) @ self.W.T + self.latent_bias
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` (n, h): the dense query side of asymmetric scoring."""
+        return x @ self.W.T
+
+    @staticmethod
+    def topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK then ReLU of pre-activations; values (n, k) sorted descending, indices (n, k)."""
+        values, indices = torch.topk(pre, k, dim=-1, sorted=True)
+        return torch.relu(values), indices
+
+    def encode(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k-sparse codes of ``x``: values (n, k) >= 0, descending, and latent indices (n, k)."""
+        return self.topk(self.preactivations(x), k)
+
+    def densify(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Scatter sparse codes into a dense (n, h) matrix (differentiable in ``values``)."""
+        z = values.new_zeros(values.shape[0], self.h)
+        return z.scatter(1, indices, values)
+
+    def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Reconstruct (n, d) from sparse codes: ``z @ W + pre_bias``."""
+        return self.decode_residual(values, indices) + self.pre_bias
+
+    def decode_residual(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``z @ W`` without the bias; reads only the k active rows of W per code."""
+        return F.embedding_bag(indices, self.W, per_sample_weights=values, mode="sum")

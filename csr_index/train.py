@@ -1,0 +1,175 @@
+"""Fitting a :class:`SparseAdapter` to dense vectors (CSR training loop)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import CSRConfig
+from .losses import auxk_loss, contrastive_loss, fvu
+from .model import SparseAdapter
+
+__all__ = ["TrainResult", "train_adapter", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the adapter, per-latent fire counts and a loss history."""
+
+    adapter: SparseAdapter
+    steps: int
+    seconds: float
+    fvu: float
+    dead_fraction: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_adapter(
+    x: np.ndarray,
+    d: int,
+    h: int,
+    config: CSRConfig,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    progress: bool = False,
+    callback: Callable[[int, SparseAdapter], None] | None = None,
+    callback_every: int = 0,
+) -> TrainResult:
+    """Train a CSR adapter on float32 ``x`` (n, d); returns it in eval mode, on CPU.
+
+    ``pairs`` = (queries, positives), two (m, d) arrays: the contrastive term then
+    pulls each query's code towards its positive's code (supervised InfoNCE) and
+    the queries join the reconstruction batches. Without pairs the term is the
+    paper's unsupervised one: in-batch codes are pushed apart (optionally with soft
+    targets from dense similarities, ``config.teacher_temperature``).
+    """
+    import time
+
+    cfg = config
+    k = cfg.k
+    k_multi = min(h, cfg.multi_k_factor * k)
+    k_aux = min(cfg.k_aux, h // 2)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    adapter = SparseAdapter(d, h, seed=cfg.seed)
+    train_x = x if pairs is None else np.concatenate([x, pairs[0]])
+    if cfg.pre_bias_init == "mean":
+        adapter.pre_bias.data = torch.from_numpy(train_x.mean(0))
+    elif cfg.pre_bias_init != "zero":
+        raise ValueError(f"pre_bias_init must be 'mean' or 'zero', got {cfg.pre_bias_init!r}")
+    adapter.to(device).train()
+
+    data = torch.from_numpy(train_x).to(device)
+    n = data.shape[0]
+    if pairs is not None:
+        pq = torch.from_numpy(np.ascontiguousarray(pairs[0], dtype=np.float32)).to(device)
+        pp = torch.from_numpy(np.ascontiguousarray(pairs[1], dtype=np.float32)).to(device)
+    steps = cfg.train_steps(n)
+    batch = min(cfg.batch_size, n)
+    opt = torch.optim.Adam(adapter.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    warmup = min(cfg.warmup_steps, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+    )
+    # samples since each latent last fired; only training batches advance it
+    since_fired = torch.zeros(h, dtype=torch.long, device=device)
+    order = rng.permutation(n)
+    cursor = 0
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    log_every = max(1, steps // 20)
+    bar = tqdm(range(steps), desc="training CSR adapter", disable=not progress, unit="step")
+    for step in bar:
+        if cursor + batch > n:
+            order, cursor = rng.permutation(n), 0
+        idx = torch.from_numpy(order[cursor : cursor + batch]).to(device)
+        cursor += batch
+        xb = data[idx]
+
+        pre = adapter.preactivations(xb)
+        values, indices = adapter.topk(pre, k)
+        x_hat = adapter.decode(values, indices)
+        loss_k = fvu(xb, x_hat)
+        loss = loss_k
+        if cfg.multi_k_weight > 0 and k_multi > k:
+            values_m, indices_m = adapter.topk(pre, k_multi)
+            loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
+        dead = since_fired > cfg.dead_after
+        if cfg.beta > 0:
+            loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - x_hat).detach(), k_aux)
+        if cfg.gamma > 0:
+            if pairs is not None:
+                j = torch.from_numpy(rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))).to(device)
+                cl = contrastive_loss(adapter.encode(pq[j], k), adapter.encode(pp[j], k), h, cfg.temperature)
+            elif cfg.augment_noise > 0:
+                noise = torch.randn_like(xb) * (cfg.augment_noise / math.sqrt(d)) * xb.norm(dim=1, keepdim=True)
+                cl = contrastive_loss((values, indices), adapter.encode(xb + noise, k), h, cfg.temperature)
+            else:
+                targets = None
+                if cfg.teacher_temperature > 0:
+                    xn = F.normalize(xb, dim=-1)
+                    targets = torch.softmax(xn @ xn.T / cfg.teacher_temperature, dim=1)
+                cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature, targets)
+            loss = loss + cfg.gamma * cl
+        else:
+            cl = torch.zeros(())
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+        with torch.no_grad():
+            fired = torch.zeros(h, dtype=torch.bool, device=device)
+            fired[indices[values > 0]] = True
+            since_fired += batch
+            since_fired[fired] = 0
+
+        if step % log_every == 0 or step == steps - 1:
+            rec = {
+                "step": step,
+                "loss": float(loss.detach()),
+                "fvu": float(loss_k.detach()),
+                "contrastive": float(cl.detach()),
+                "dead_fraction": float(dead.float().mean()),
+            }
+            history.append(rec)
+            bar.set_postfix(fvu=f"{rec['fvu']:.3f}", dead=f"{rec['dead_fraction']:.1%}")
+            log.info(
+                "step %d/%d loss %.4f fvu %.4f contrastive %.4f dead %.2f%%",
+                step + 1, steps, rec["loss"], rec["fvu"], rec["contrastive"], 100 * rec["dead_fraction"],
+            )
+            if not math.isfinite(rec["loss"]):
+                raise FloatingPointError(f"training diverged at step {step} (loss {rec['loss']})")
+        if callback is not None and callback_every and (step + 1) % callback_every == 0:
+            adapter.eval()
+            callback(step + 1, adapter)
+            adapter.train()
+    bar.close()
+    adapter.eval().cpu()
+    dead_fraction = float((since_fired > cfg.dead_after).float().mean())
+    return TrainResult(
+        adapter=adapter,
+        steps=steps,
+        seconds=time.perf_counter() - t0,
+        fvu=history[-1]["fvu"],
+        dead_fraction=dead_fraction,
+        history=history,
+    )

@@ -1,0 +1,77 @@
+"""The one place where user-supplied arrays are checked.
+
+Every public entry point funnels its input through these helpers, so a wrong
+shape or a NaN is reported the same way everywhere, before any state changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["as_matrix", "as_ids", "check_k"]
+
+
+def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 array of shape (n, d).
+
+    Raises ``ValueError`` for non-2-D input, an empty batch, the wrong number of
+    columns, non-numeric data, or NaN/inf values; ``TypeError`` for non-arrays.
+    """
+    if hasattr(x, "detach"):  # torch tensors
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be a 2-D array of floats, got {type(x).__name__}") from exc
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (reshape a single vector with x.reshape(1, -1))" if arr.ndim == 1 else ""
+        raise ValueError(f"Expected a 2-D array {name} of shape (n, d), got {arr.ndim}-D shape {arr.shape}{hint}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {arr.shape}); pass at least one vector")
+    if d is not None and arr.shape[1] != d:
+        raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {d} (shape {arr.shape}, expected (n, {d}))")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} contains NaN or inf values (first at row {bad[0]}, column {bad[1]}); "
+            "clean or drop those vectors first"
+        )
+    return arr
+
+
+def as_ids(ids: Any, n: int, name: str = "ids") -> np.ndarray:
+    """Return ``ids`` as an int64 array of length ``n``: integral, non-negative, unique."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} vectors")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must be integers (int64), got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{name} must be non-negative (-1 marks 'no result'); got {int(arr.min())}")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.size != arr.size:
+        dup = uniq[counts > 1][:5].tolist()
+        raise ValueError(f"{name} contains duplicates, e.g. {dup}")
+    return arr
+
+
+def check_k(k: Any, k_max: int, name: str = "k") -> int:
+    """Check that ``k`` is an integer with 1 <= k <= k_max and return it."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"{name} must be positive, got {k}")
+    if k > k_max:
+        raise ValueError(f"{name}={k} exceeds the maximum of {k_max}")
+    return int(k)

@@ -1,0 +1,1 @@
+"""Bridges from csr-index to other systems (installed as ``csr_index.integrations``)."""
