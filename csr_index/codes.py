@@ -59,6 +59,19 @@ class SparseCodes:
             return self
         return SparseCodes(self.indices[:, :k], self.values[:, :k], self.h)
 
+    def norms(self) -> np.ndarray:
+        """L2 norm of each code (n,), float32."""
+        return np.linalg.norm(self.values.astype(np.float32), axis=1)
+
+    def normalized(self) -> "SparseCodes":
+        """Codes scaled to unit L2 norm (float32 values): their inner product is the codes' cosine.
+
+        An all-zero code stays zero.
+        """
+        norms = self.norms()
+        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return SparseCodes(self.indices, self.values.astype(np.float32) * scale[:, None], self.h)
+
     def nnz_per_row(self) -> np.ndarray:
         """Number of non-zero values in each code (n,)."""
         return np.count_nonzero(self.values, axis=1)

@@ -33,6 +33,8 @@ class CSRConfig:
     """InfoNCE temperature on L2-normalised codes (paper: 0.2)."""
     teacher_temperature: float = 0.0
     """> 0: soft contrastive targets from dense cosine similarities at this temperature; 0: identity targets."""
+    mixup: float = 0.0
+    """Fraction of each reconstruction batch replaced by norm-preserving mixes of two training vectors."""
     augment_noise: float = 0.0
     """> 0: unsupervised positives are noisy copies ``x + noise`` with ``||noise|| ~ augment_noise * ||x||``."""
     dead_after: int = 20_000
@@ -56,6 +58,17 @@ class CSRConfig:
     seed: int = 0
     device: str | None = None
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "min_steps", "max_steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"CSRConfig.{name} must be a positive integer, got {value!r}")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"CSRConfig.min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
     def train_steps(self, n: int) -> int:
         """Number of optimiser steps for ``n`` training vectors."""

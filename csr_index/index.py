@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 import torch
 
 from . import __version__
@@ -228,6 +227,11 @@ class CSRIndex:
         if clash.size:
             raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
         codes, norms = self._encode(xs, self.k)
+        if self.values_dtype == np.float16 and codes.values.size and codes.values.max() > np.finfo(np.float16).max:
+            raise ValueError(
+                f"code values up to {codes.values.max():.3g} overflow float16 (max 65504); "
+                "use values_dtype='float32' or normalise the vectors"
+            )
         codes = SparseCodes(codes.indices, codes.values.astype(self.values_dtype), self.h)
         vecs = xs.astype(np.float16) if self.store_vectors else None
         self._pending.append((new_ids, codes, norms, vecs, keys))
@@ -254,12 +258,11 @@ class CSRIndex:
         self._flush()
         arr = np.asarray(ids, dtype=np.int64)
         out = np.full(arr.shape, None, dtype=object)
-        if self._keys is None:
-            return out
         flat = arr.reshape(-1)
         valid = flat >= 0
         rows = self._rows_for(flat[valid])
-        out.reshape(-1)[valid] = [self._keys[r] for r in rows]
+        if self._keys is not None:
+            out.reshape(-1)[valid] = [self._keys[r] for r in rows]
         return out
 
     @property
@@ -333,7 +336,7 @@ class CSRIndex:
         """
         adapter = self._require_trained()
         topk = check_k(topk, 1 << 31, "topk")
-        k = self.k if k is None else check_k(k, self.k)
+        k = None if k is None else check_k(k, self.k)
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if rerank is None:
@@ -364,14 +367,15 @@ class CSRIndex:
         return self._scorer
 
     def _search_codes(self, xq: np.ndarray, k: int, topn: int) -> tuple[np.ndarray, np.ndarray]:
-        """Query code x doc code; cosine of the codes under metric='cosine'."""
+        """Query code x doc code; under metric='cosine' both sides are L2-normalised (cosine of codes)."""
         scorer = self._get_scorer()
-        queries = self._encode(xq, k)[0].to_scipy()
+        queries = self._encode(xq, k)[0]
         scale = None
         if self.metric == "cosine":
-            queries = sp.csr_array(sp.diags_array(1.0 / _row_norms(queries)) @ queries)
-            scale = 1.0 / np.maximum(np.linalg.norm(self._codes.values.astype(np.float32), axis=1), 1e-12)
-        return scorer.search_sparse(queries, topn, scale=scale)
+            queries = queries.normalized()
+            norms = self._codes.norms()
+            scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return scorer.search_sparse(queries.to_scipy(), topn, scale=scale)
 
     def _search_asymmetric(self, xq: np.ndarray, k: int | None, topn: int) -> tuple[np.ndarray, np.ndarray]:
         """Dense query against each stored code's reconstruction: ``x_q . decode(z_d)``.
@@ -492,8 +496,3 @@ def _adapter_from_state(state: dict[str, np.ndarray], d: int, h: int, path: Any)
     adapter = SparseAdapter(d, h)
     adapter.load_state_dict({name: torch.from_numpy(np.array(arr, dtype=np.float32)) for name, arr in state.items()})
     return adapter.eval()
-
-
-def _row_norms(mat: sp.csr_array) -> np.ndarray:
-    norms = np.sqrt(np.asarray(mat.multiply(mat).sum(axis=1)).ravel())
-    return np.maximum(norms, 1e-12).astype(np.float32)

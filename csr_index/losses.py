@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .model import SparseAdapter
 
-__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss"]
+__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss", "distillation_loss"]
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -71,3 +71,21 @@ def contrastive_loss(
         -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
         - (targets.T * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     )
+
+
+def distillation_loss(
+    codes: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, h: int, temperature: float, teacher_temperature: float
+) -> torch.Tensor:
+    """Relational distillation: code cosines should rank the *other* batch items like dense cosines do.
+
+    For each row, KL(softmax(cos(x_i, x_j) / t_teacher) || softmax(cos(z_i, z_j) / t)) over j != i.
+    The diagonal is excluded: a vector is always its own nearest neighbour, which
+    would otherwise swamp the target.
+    """
+    xn = F.normalize(x, dim=-1)
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    teacher = (xn @ xn.T / teacher_temperature).masked_fill(eye, float("-inf"))
+    student = (code_cosines(codes, codes, h) / temperature).masked_fill(eye, float("-inf"))
+    target = torch.softmax(teacher, dim=1)
+    log_p = F.log_softmax(student, dim=1).masked_fill(eye, 0.0)
+    return -(target * log_p).sum(1).mean()

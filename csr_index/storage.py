@@ -100,9 +100,15 @@ def write_index(path: str | os.PathLike, files: IndexFiles) -> Path:
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not an index directory")
-    if root.is_dir() and any(root.iterdir()) and not (root / MANIFEST).exists():
-        foreign = [p.name for p in root.iterdir() if not _OWN_FILE.match(p.name) and p.name != MANIFEST + ".tmp"]
-        if foreign:
+    if root.is_dir() and any(root.iterdir()):
+        if (root / MANIFEST).exists():
+            try:
+                is_ours = json.loads((root / MANIFEST).read_text()).get("format") == FORMAT_NAME
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                is_ours = False
+        else:
+            is_ours = all(_OWN_FILE.match(p.name) or p.name == MANIFEST + ".tmp" for p in root.iterdir())
+        if not is_ours:
             raise FileExistsError(f"{root} is a non-empty directory that is not a csr-index index; refusing to write")
     root.mkdir(parents=True, exist_ok=True)
     gen = uuid.uuid4().hex[:12]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import CSRConfig
-from .losses import auxk_loss, contrastive_loss, fvu
+from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
 from .model import SparseAdapter
 
 __all__ = ["TrainResult", "train_adapter", "resolve_device"]
@@ -102,6 +102,8 @@ def train_adapter(
         idx = torch.from_numpy(order[cursor : cursor + batch]).to(device)
         cursor += batch
         xb = data[idx]
+        if cfg.mixup > 0:
+            xb = _mixup(xb, cfg.mixup)
 
         pre = adapter.preactivations(xb)
         values, indices = adapter.topk(pre, k)
@@ -121,12 +123,10 @@ def train_adapter(
             elif cfg.augment_noise > 0:
                 noise = torch.randn_like(xb) * (cfg.augment_noise / math.sqrt(d)) * xb.norm(dim=1, keepdim=True)
                 cl = contrastive_loss((values, indices), adapter.encode(xb + noise, k), h, cfg.temperature)
+            elif cfg.teacher_temperature > 0:
+                cl = distillation_loss((values, indices), xb, h, cfg.temperature, cfg.teacher_temperature)
             else:
-                targets = None
-                if cfg.teacher_temperature > 0:
-                    xn = F.normalize(xb, dim=-1)
-                    targets = torch.softmax(xn @ xn.T / cfg.teacher_temperature, dim=1)
-                cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature, targets)
+                cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature)
             loss = loss + cfg.gamma * cl
         else:
             cl = torch.zeros(())
@@ -173,3 +173,17 @@ def train_adapter(
         dead_fraction=dead_fraction,
         history=history,
     )
+
+
+def _mixup(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Replace the first ``fraction`` of rows by random convex mixes of two rows, keeping norms."""
+    m = int(round(fraction * x.shape[0]))
+    if m == 0:
+        return x
+    partner = torch.randint(0, x.shape[0], (m,), device=x.device)
+    lam = torch.rand(m, 1, device=x.device)
+    a, b = x[:m], x[partner]
+    mixed = lam * a + (1 - lam) * b
+    target_norm = lam * a.norm(dim=1, keepdim=True) + (1 - lam) * b.norm(dim=1, keepdim=True)
+    mixed = mixed * (target_norm / mixed.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.cat([mixed, x[m:]])

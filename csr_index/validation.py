@@ -35,6 +35,8 @@ def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
     if d is not None and arr.shape[1] != d:
         raise ValueError(f"{name} has dimension {arr.shape[1]}, expected {d} (shape {arr.shape}, expected (n, {d}))")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:  # memory-mapped or Arrow-backed input; torch needs writable memory
+        arr = arr.copy()
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(

@@ -1,0 +1,230 @@
+"""SparseCodes, and the codes an index produces: shapes, dtypes, invariants, conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from csr_index import CSRIndex, SparseCodes
+from csr_index.codes import index_dtype
+
+
+def small_codes() -> SparseCodes:
+    # two codes in R^6 with k=3 slots each; the second has a zero slot (cut by ReLU)
+    return SparseCodes(
+        indices=np.array([[4, 0, 2], [1, 5, 3]], dtype=np.uint16),
+        values=np.array([[3.0, 2.0, 1.0], [4.0, 0.5, 0.0]], dtype=np.float32),
+        h=6,
+    )
+
+
+# ------------------------------------------------------------------ SparseCodes
+def test_to_dense():
+    dense = small_codes().to_dense()
+    np.testing.assert_array_equal(dense, [[2, 0, 1, 0, 3, 0], [0, 4, 0, 0, 0, 0.5]])
+    assert dense.dtype == np.float32
+
+
+def test_to_scipy_drops_zero_slots_unless_asked():
+    codes = small_codes()
+    mat = codes.to_scipy()
+    assert mat.shape == (2, 6) and mat.nnz == 5
+    np.testing.assert_array_equal(mat.toarray(), codes.to_dense())
+    assert mat.has_sorted_indices
+    kept = codes.to_scipy(keep_zeros=True)
+    assert kept.nnz == 6
+    np.testing.assert_array_equal(kept.toarray(), codes.to_dense())
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+def test_to_torch_matches_dense():
+    import torch
+
+    t = small_codes().to_torch()
+    assert t.layout == torch.sparse_csr
+    np.testing.assert_array_equal(t.to_dense().numpy(), small_codes().to_dense())
+
+
+def test_shape_properties():
+    codes = small_codes()
+    assert (codes.n, codes.k, codes.h, len(codes)) == (2, 3, 6, 2)
+    assert "n=2, k=3, h=6" in repr(codes)
+    np.testing.assert_array_equal(codes.nnz_per_row(), [3, 2])
+
+
+def test_truncate_keeps_the_largest_entries():
+    codes = small_codes()
+    top1 = codes.truncate(1)
+    np.testing.assert_array_equal(top1.to_dense(), [[0, 0, 0, 0, 3, 0], [0, 4, 0, 0, 0, 0]])
+    assert codes.truncate(3) is codes and codes.truncate(10) is codes
+
+
+def test_norms_and_normalized():
+    codes = small_codes()
+    np.testing.assert_allclose(codes.norms(), [np.sqrt(14), np.sqrt(16.25)], rtol=1e-6)
+    unit = codes.normalized()
+    np.testing.assert_allclose(unit.norms(), [1, 1], rtol=1e-6)
+    np.testing.assert_array_equal(unit.indices, codes.indices)
+
+
+def test_normalized_leaves_zero_codes_zero():
+    zero = SparseCodes(np.zeros((1, 2), np.uint16), np.zeros((1, 2), np.float16), h=4)
+    out = zero.normalized()
+    assert out.values.dtype == np.float32
+    np.testing.assert_array_equal(out.values, 0)
+
+
+def test_concat():
+    codes = small_codes()
+    both = SparseCodes.concat([codes, codes.truncate(3)])
+    assert both.n == 4
+    np.testing.assert_array_equal(both.to_dense()[2:], codes.to_dense())
+    assert SparseCodes.concat([codes]) is codes
+    with pytest.raises(ValueError, match="nothing to concatenate"):
+        SparseCodes.concat([])
+
+
+def test_mismatched_shapes_are_refused():
+    with pytest.raises(ValueError, match="must be equal 2-D shapes"):
+        SparseCodes(np.zeros((2, 3), np.uint16), np.zeros((2, 4), np.float32), h=8)
+    with pytest.raises(ValueError, match="must be equal 2-D shapes"):
+        SparseCodes(np.zeros(3, np.uint16), np.zeros(3, np.float32), h=8)
+
+
+@pytest.mark.parametrize("h, dtype", [(1, np.uint16), (65536, np.uint16), (65537, np.uint32), (1 << 20, np.uint32)])
+def test_index_dtype(h, dtype):
+    assert index_dtype(h) == np.dtype(dtype)
+
+
+# ----------------------------------------------------------- codes of an index
+def test_encode_returns_k_sparse_non_negative_sorted_codes(index, corpus):
+    codes = index.encode(corpus)
+    assert isinstance(codes, SparseCodes)
+    assert codes.indices.shape == codes.values.shape == (len(corpus), index.k)
+    assert codes.h == index.h
+    assert codes.indices.dtype == np.uint16 and codes.values.dtype == np.float32
+    assert (codes.values >= 0).all()
+    assert (np.diff(codes.values, axis=1) <= 0).all(), "each row sorted by descending value"
+    assert (codes.indices < index.h).all()
+    assert all(len(set(row)) == index.k for row in codes.indices.tolist()), "distinct latents per row"
+    assert (codes.nnz_per_row() > 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_encode_with_smaller_k_is_a_prefix_of_the_full_code(index, corpus, k):
+    full = index.encode(corpus[:50])
+    part = index.encode(corpus[:50], k=k)
+    assert part.k == k
+    np.testing.assert_array_equal(part.indices, full.truncate(k).indices)
+    np.testing.assert_array_equal(part.values, full.truncate(k).values)
+
+
+def test_encode_is_deterministic_and_batch_independent(index, corpus):
+    whole = index.encode(corpus)
+    rows = index.encode(corpus[17:18])
+    np.testing.assert_array_equal(rows.indices, whole.indices[17:18])
+    np.testing.assert_allclose(rows.values, whole.values[17:18], rtol=1e-5, atol=1e-6)
+
+
+def test_decode_is_codes_times_w_plus_pre_bias(index, corpus):
+    codes = index.encode(corpus[:40])
+    W = index.adapter.W.detach().numpy()
+    b = index.adapter.pre_bias.detach().numpy()
+    expected = codes.to_dense() @ W + b
+    np.testing.assert_allclose(index.decode(codes), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_is_relu_of_top_k_preactivations(index, corpus):
+    x = corpus[:40] / np.linalg.norm(corpus[:40], axis=1, keepdims=True)  # cosine index normalises
+    W = index.adapter.W.detach().numpy()
+    b = index.adapter.pre_bias.detach().numpy()
+    lb = index.adapter.latent_bias.detach().numpy()
+    pre = (x - b) @ W.T + lb
+    top = np.argsort(-pre, axis=1)[:, : index.k]
+    expected = np.zeros_like(pre)
+    np.put_along_axis(expected, top, np.maximum(np.take_along_axis(pre, top, axis=1), 0), axis=1)
+    np.testing.assert_allclose(index.encode(corpus[:40]).to_dense(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cosine_index_encodes_direction_only(index, corpus):
+    a = index.encode(corpus[:10])
+    b = index.encode(3.5 * corpus[:10])
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-5, atol=1e-6)
+
+
+def test_reconstruct_codes_returns_stored_codes(make_index, corpus):
+    index = make_index(values_dtype="float16")
+    ids = 100 + 3 * np.arange(len(corpus))
+    index.add_with_ids(corpus, ids)
+    got = index.reconstruct_codes(ids[[5, 0, 42]])
+    expected = index.encode(corpus[[5, 0, 42]])
+    assert got.values.dtype == np.float16
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    np.testing.assert_array_equal(got.values, expected.values.astype(np.float16))
+
+
+def test_codes_are_in_the_order_of_ids(index, corpus):
+    index.add_with_ids(corpus[:5], [50, 40, 30, 20, 10])
+    index.add_with_ids(corpus[5:8], [7, 8, 9])
+    np.testing.assert_array_equal(index.ids, [50, 40, 30, 20, 10, 7, 8, 9])
+    np.testing.assert_array_equal(index.codes().indices, index.encode(corpus[:8]).indices)
+
+
+def test_ids_view_is_read_only(filled_index):
+    with pytest.raises(ValueError):
+        filled_index.ids[0] = 5
+
+
+def test_vectors_are_the_float16_prepared_originals(make_index, corpus):
+    index = make_index(store_vectors=True)
+    index.add(corpus)
+    vecs = index.vectors()
+    assert vecs.dtype == np.float16 and vecs.shape == corpus.shape
+    unit = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+    np.testing.assert_allclose(vecs.astype(np.float32), unit, atol=1e-3)
+
+
+def test_vectors_needs_store_vectors(filled_index):
+    with pytest.raises(ValueError, match="store_vectors=False"):
+        filled_index.vectors()
+
+
+def test_stats(make_index, corpus):
+    index = make_index(values_dtype="float16", store_vectors=True)
+    empty = index.stats()
+    assert empty["ntotal"] == 0 and "mean_nonzeros_per_code" not in empty
+    index.add(corpus)
+    s = index.stats()
+    assert s["ntotal"] == len(corpus) and s["is_trained"]
+    assert s["code_bytes_per_vector"] == index.k * (2 + 2)  # uint16 index + float16 value
+    assert s["index_bytes_per_vector"] == index.k * 4 + 12 + 2 * index.d
+    assert s["dense_float32_bytes_per_vector"] == 4 * index.d
+    assert 0 < s["mean_nonzeros_per_code"] <= index.k
+    assert 0 <= s["latents_unused_by_stored_codes"] < index.h
+    assert 0 < s["busiest_latent_doc_fraction"] <= 1
+    assert s["train_steps"] == 30 and "train_fvu" in s
+
+
+def test_keys_travel_with_their_vectors(index, corpus):
+    index.add(corpus[:3], keys=["a", "b", "c"])
+    index.add(corpus[3:5])  # no keys for these
+    index.add(corpus[5:6], keys=[42])  # keys are stored as strings
+    assert index.keys_of(np.arange(6)).tolist() == ["a", "b", "c", None, None, "42"]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float16_overflow_is_refused_or_handled(make_index, corpus, tmp_path):
+    index = make_index(metric="ip", values_dtype="float16")
+    huge = corpus[:5] * 1e5
+    try:
+        index.add(huge)
+    except ValueError:
+        assert index.ntotal == 0  # refused up front: fine
+        return
+    # accepted: then the vectors must be findable and the index must survive a round trip
+    assert np.isfinite(index.codes().values.astype(np.float32)).all()
+    _, I = index.search(huge, 1, score="code")
+    assert (I[:, 0] >= 0).all()
+    index.save(tmp_path / "ix")
+    assert CSRIndex.load(tmp_path / "ix").ntotal == 5

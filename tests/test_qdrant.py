@@ -1,0 +1,557 @@
+"""The Qdrant bridge against real engines: qdrant-client local mode and qdrant-edge-py.
+
+One small CSR index is trained on SciFact per module (quality is irrelevant for
+parity). Local mode is a pure-Python scan (~0.15 s per query at 5k points), so it
+gets a few queries; qdrant-edge gets all 300.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("qdrant_client")
+pytest.importorskip("qdrant_edge")
+
+from click.testing import CliRunner  # noqa: E402
+from qdrant_client import QdrantClient, models  # noqa: E402
+
+from csr_index import CSRConfig, CSRIndex, SparseCodes  # noqa: E402
+from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402
+from csr_index.integrations import qdrant as cq  # noqa: E402
+from csr_index.io import read_embeddings  # noqa: E402
+from csr_index.search import top_entries  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
+CORPUS = DATA / "corpus.parquet"
+QUERIES = DATA / "queries.parquet"
+LOCAL_NQ = 20
+TOL = 1e-5
+
+pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason=f"SciFact data not found at {DATA}")
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def corpus():
+    return read_embeddings(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def queries():
+    return read_embeddings(QUERIES).vectors
+
+
+@pytest.fixture(scope="module")
+def index(corpus):
+    config = CSRConfig(steps=20, batch_size=256, warmup_steps=1, device="cpu", seed=0)
+    idx = CSRIndex(corpus.vectors.shape[1], k=32, store_vectors=True, config=config)
+    idx.train(corpus.vectors)
+    # shuffled, sparse ids: catches any confusion between ids and storage rows
+    ids = np.random.default_rng(0).permutation(len(corpus.vectors)).astype(np.int64) * 11 + 5
+    idx.add_with_ids(corpus.vectors, ids, keys=corpus.keys)
+    return idx
+
+
+@pytest.fixture(scope="module")
+def index_dir(index, tmp_path_factory):
+    path = tmp_path_factory.mktemp("index") / "scifact.csr"
+    index.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local(index):
+    client = QdrantClient(":memory:")
+    report = cq.export(index, client, "scifact", payload=CORPUS, payload_columns=["id", "text"], dense=True,
+                       batch_size=500)
+    assert report.uploaded == report.points_count == index.ntotal
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def edge(index, tmp_path_factory):
+    path = tmp_path_factory.mktemp("edge") / "shard"
+    with cq.EdgeCollection.for_index(path, index, dense=True) as shard:
+        report = cq.export(index, shard, payload=CORPUS, payload_columns=["id"], dense=True)
+        assert report.uploaded == report.points_count == index.ntotal
+        yield shard
+
+
+def subset_index(index: CSRIndex, corpus, n: int) -> CSRIndex:
+    """The first n docs under the same adapter (no retraining)."""
+    sub = CSRIndex(index.d, k=index.k, h=index.h, metric=index.metric, store_vectors=True)
+    sub.adapter = index.adapter
+    sub.add_with_ids(corpus.vectors[:n], np.arange(n, dtype=np.int64) * 3 + 1, keys=corpus.keys[:n])
+    return sub
+
+
+# ------------------------------------------------------------------- helpers
+def assert_same_results(D, I, Dref, Iref, tol=TOL):
+    """Equal top-k up to ties: the score sequences match, and ids may differ only where
+    scores tie (within ``tol``), including a tie with the last (boundary) score."""
+    assert D.shape == Dref.shape and I.shape == Iref.shape
+    np.testing.assert_allclose(D, Dref, rtol=0, atol=tol)
+    for q in range(len(I)):
+        got = {int(i): float(s) for i, s in zip(I[q], D[q]) if i >= 0}
+        ref = {int(i): float(s) for i, s in zip(Iref[q], Dref[q]) if i >= 0}
+        assert len(got) == len(ref), f"query {q}: {len(got)} results, expected {len(ref)}"
+        for i in got.keys() & ref.keys():
+            assert abs(got[i] - ref[i]) <= tol, f"query {q}, id {i}: score {got[i]} vs {ref[i]}"
+        boundary = min(ref.values()) if ref else None
+        for i in got.keys() ^ ref.keys():
+            s = got.get(i, ref.get(i))
+            assert abs(s - boundary) <= tol, f"query {q}: id {i} (score {s}) differs and is not a boundary tie"
+
+
+def prepared(index, x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True) if index.metric == "cosine" else x
+
+
+def rrf_reference(index, xq, limit, k=2):
+    """Reciprocal rank fusion (1 / (k + rank), rank from 0) of CSRIndex's code ranking and exact dense search."""
+    _, Is = index.search(xq, limit, score="code", rerank=0)
+    dense = prepared(index, xq) @ index.vectors().astype(np.float32).T
+    _, rows = top_entries(dense, limit)
+    Id = np.where(rows >= 0, np.asarray(index.ids)[np.maximum(rows, 0)], -1)
+    D = np.full((len(xq), limit), -np.inf, dtype=np.float32)
+    I = np.full((len(xq), limit), -1, dtype=np.int64)
+    for q in range(len(xq)):
+        fused: dict[int, float] = {}
+        for ranking in (Is[q], Id[q]):
+            for rank, i in enumerate(ranking):
+                if i >= 0:
+                    fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (k + rank)
+        best = sorted(fused.items(), key=lambda kv: -kv[1])[:limit]
+        for j, (i, s) in enumerate(best):
+            I[q, j], D[q, j] = i, s
+    return D, I
+
+
+def all_points(client, name, vector="csr"):
+    out, offset = {}, None
+    while True:
+        records, offset = client.scroll(name, limit=1000, offset=offset, with_vectors=[vector], with_payload=False)
+        for r in records:
+            v = r.vector[vector]
+            out[int(r.id)] = (list(v.indices), [round(x, 6) for x in v.values])
+        if offset is None:
+            return out
+
+
+# --------------------------------------------------------------------- parity
+def test_local_mode_equals_csrindex_code_search(index, local, queries):
+    xq = queries[:LOCAL_NQ]
+    D, I = cq.search(index, local, "scifact", xq, 10, rerank=0)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+    assert_same_results(D, I, *index.search(xq, 10, score="code", rerank=0))
+
+
+def test_local_mode_rerank_equals_csrindex_rerank(index, local, queries):
+    xq = queries[:10]
+    D, I = cq.search(index, local, "scifact", xq, 10, rerank=50)
+    assert_same_results(D, I, *index.search(xq, 10, score="code", rerank=50))
+
+
+def test_edge_equals_csrindex_code_search(index, edge, queries):
+    D, I = cq.search(index, edge, None, queries, 10, rerank=0)
+    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=0))
+    # adaptive k: fewer active latents per query
+    D, I = cq.search(index, edge, None, queries, 10, k=8, rerank=0)
+    assert_same_results(D, I, *index.search(queries, 10, k=8, score="code", rerank=0))
+
+
+def test_edge_exact_rerank_equals_csrindex(index, edge, queries):
+    D, I = cq.search(index, edge, None, queries, 10, rerank=100)
+    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=100))
+    # default rerank is CSRIndex's default (auto when originals are stored)
+    D, I = cq.search(index, edge, None, queries, 10)
+    assert_same_results(D, I, *index.search(queries, 10, score="code"))
+
+
+def test_edge_asymmetric_rescoring_equals_csrindex(index, edge, queries):
+    # with enough candidates, Qdrant's shortlist holds CSRIndex's asymmetric top-10
+    D, I = cq.search(index, edge, None, queries, 10, score="asymmetric", rerank=0, candidates=1000)
+    assert_same_results(D, I, *index.search(queries, 10, score="asymmetric", rerank=0), tol=1e-4)
+    D, I = cq.search(index, edge, None, queries, 10, score="asymmetric", rerank=100, candidates=1000)
+    assert_same_results(D, I, *index.search(queries, 10, score="asymmetric", rerank=100))
+    # with the default candidates, every returned score is CSRIndex's asymmetric score of that id
+    D, I = cq.search(index, edge, None, queries[:50], 10, score="asymmetric", rerank=0)
+    Dall, Iall = index.search(queries[:50], index.ntotal, score="asymmetric", rerank=0)
+    for q in range(50):
+        full = dict(zip(Iall[q].tolist(), Dall[q].tolist()))
+        np.testing.assert_allclose(D[q], [full[i] for i in I[q]], rtol=0, atol=1e-4)
+
+
+def test_rescore_code_matches_qdrant_scores(index, edge, queries):
+    D, I = cq.search(index, edge, None, queries, 20, rerank=0)
+    Dc, Ic = cq.rescore(index, queries, I, 20, score="code")
+    assert_same_results(Dc, Ic, D, I)
+
+
+def test_hybrid_rrf_edge_and_local(index, edge, local, queries):
+    C = 50
+    Dref, Iref = rrf_reference(index, queries, C)
+    # RRF ties are frequent (same ranks, other lists): compare up to ties
+    D, I = cq.search(index, edge, None, queries, C, rerank=0, hybrid=True)
+    assert_same_results(D, I, Dref, Iref, tol=1e-6)
+    Dl, Il = cq.search(index, local, "scifact", queries[:5], C, rerank=0, hybrid=True)
+    assert_same_results(Dl, Il, Dref[:5], Iref[:5], tol=1e-6)
+    # the fused candidates can be re-ranked exactly like any other shortlist
+    D, I = cq.search(index, edge, None, queries, 10, hybrid=True, rerank=C)
+    Dx, Ix = cq.rescore(index, queries, Iref, 10, score="exact")
+    assert_same_results(D, I, Dx, Ix)
+
+
+def test_payload_from_parquet(index, local, corpus):
+    ids = np.asarray(index.ids)[[0, 17, 4000]].tolist()
+    text = dict(zip(corpus.table.column("id").to_pylist(), corpus.table.column("text").to_pylist()))
+    for record in local.retrieve("scifact", ids=ids, with_payload=True):
+        key = index.keys_of([record.id])[0]
+        assert record.payload == {"id": key, "text": text[key]}  # keys not duplicated under "key"
+
+
+def test_metadata_written_and_checked(index, local, edge):
+    meta = local.get_collection("scifact").config.metadata["csr_index"]
+    assert meta == cq.index_metadata(index, "csr", "dense")
+    assert edge.metadata() == cq.index_metadata(index, "csr", "dense")
+
+
+# ---------------------------------------------------------- idempotence/resume
+def test_reexport_is_idempotent(index, edge, local):
+    report = cq.export(index, edge, dense=True)
+    assert (report.uploaded, report.skipped, report.points_count) == (0, index.ntotal, index.ntotal)
+    report = cq.export(index, edge, dense=True, resume=False, batch_size=1024)
+    assert (report.uploaded, report.points_count) == (index.ntotal, index.ntotal)
+    report = cq.export(index, local, "scifact", dense=True, batch_size=1000)
+    assert (report.uploaded, report.points_count) == (0, index.ntotal)
+
+
+def test_partial_export_resumes(index, tmp_path):
+    codes, ids = index.codes(), np.asarray(index.ids)
+    part = np.random.default_rng(1).choice(len(ids), 2000, replace=False)
+    with cq.EdgeCollection(tmp_path / "shard") as shard:
+        cq.export_codes(SparseCodes(codes.indices[part], codes.values[part], codes.h), ids[part], shard,
+                        normalize=True)
+        assert shard.count() == 2000
+        report = cq.export(index, shard, batch_size=300)
+        assert (report.uploaded, report.skipped, report.points_count) == (index.ntotal - 2000, 2000, index.ntotal)
+
+
+CHILD = r"""
+import logging, sys, time
+from csr_index import CSRIndex
+from csr_index.integrations import qdrant as cq
+
+index_path, kind, where, stop_after, batch_size = sys.argv[1:6]
+index = CSRIndex.load(index_path)
+
+
+class StopAfter(logging.Handler):
+    seen = 0
+
+    def emit(self, record):
+        if record.getMessage().startswith("batch at row"):
+            StopAfter.seen += 1
+            if StopAfter.seen == int(stop_after):
+                print("STOPPED", flush=True)
+                if kind == "edge":
+                    time.sleep(600)  # hold mid-export until the parent kills this process
+
+
+log = logging.getLogger("csr_index.integrations.qdrant")
+log.setLevel(logging.DEBUG)
+log.addHandler(StopAfter())
+if kind == "edge":
+    target, name = cq.EdgeCollection(where), None
+else:
+    from qdrant_client import QdrantClient
+    target, name = QdrantClient(path=where), "docs"
+cq.export(index, target, name, batch_size=int(batch_size))
+print("FINISHED", flush=True)
+"""
+
+
+def run_and_kill(args, delay=0.0):
+    """Start an export in a child process and SIGKILL it after it reports STOPPED (+ delay)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "STOPPED", f"child did not reach the stop point: {line!r} {proc.stderr.read()}"
+        if delay:
+            import time
+
+            time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed"
+
+
+def test_killed_edge_export_resumes(index, index_dir, queries, tmp_path):
+    where = tmp_path / "shard"
+    run_and_kill([index_dir, "edge", where, 6, 400])
+    with cq.EdgeCollection(where) as shard:
+        partial = shard.count()
+        assert partial == 6 * 400  # the WAL kept every acknowledged batch
+        report = cq.export(index, shard, batch_size=400)
+        assert (report.uploaded, report.skipped) == (index.ntotal - partial, partial)
+        assert shard.count() == index.ntotal
+        D, I = cq.search(index, shard, None, queries, 10, rerank=0)
+    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=0))
+
+
+def test_killed_local_export_resumes(index, corpus, queries, tmp_path):
+    # local mode with path= commits every point to SQLite (~50-800 points/s): keep it small
+    sub = subset_index(index, corpus, 200)
+    sub.save(tmp_path / "sub.csr")
+    where = tmp_path / "local"
+    # killed at a random moment, most likely inside the upload of the 4th batch
+    run_and_kill([tmp_path / "sub.csr", "local", where, 3, 20], delay=random.uniform(0.0, 0.3))
+    client = QdrantClient(path=str(where))
+    try:
+        partial = client.count("docs").count
+        assert 60 <= partial < sub.ntotal
+        report = cq.export(sub, client, "docs", batch_size=20)
+        assert report.uploaded + report.skipped == sub.ntotal and report.skipped == partial
+        assert client.count("docs").count == sub.ntotal
+        stored = all_points(client, "docs")
+        expected = QdrantClient(":memory:")
+        cq.export(sub, expected, "docs", batch_size=200)
+        assert stored == all_points(expected, "docs")
+        xq = queries[:10]
+        assert_same_results(*cq.search(sub, client, "docs", xq, 10, rerank=0),
+                            *sub.search(xq, 10, score="code", rerank=0))
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------- bad inputs
+def codes_of(index, n=50):
+    codes = index.codes()
+    return SparseCodes(np.array(codes.indices[:n]), np.array(codes.values[:n]), codes.h), np.arange(n)
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda c, i: c.values.__setitem__((3, 2), np.nan), "not finite"),
+        (lambda c, i: c.values.__setitem__((3, 2), np.inf), "not finite"),
+        (lambda c, i: c.indices.__setitem__((4, 1), c.indices[4, 0]), "appears twice"),
+        (lambda c, i: c.indices.__setitem__((5, 0), c.h), "outside"),
+    ],
+)
+def test_bad_codes_rejected_before_sending(index, tmp_path, corrupt, message):
+    codes, ids = codes_of(index)
+    corrupt(codes, ids)
+    client = QdrantClient(":memory:")
+    with pytest.raises(ValueError, match=message):
+        cq.export_codes(codes, ids, client, "bad", normalize=True)
+    assert not client.collection_exists("bad")  # nothing was sent, not even the collection
+    with cq.EdgeCollection(tmp_path / "shard") as shard:
+        with pytest.raises(ValueError, match=message):
+            cq.export_codes(codes, ids, shard, normalize=True)
+        assert shard.count() == 0
+        good, ids = codes_of(index)
+        cq.export_codes(good, ids, shard, normalize=True)  # the shard is intact
+        assert shard.count() == len(ids)
+
+
+def test_index_beyond_u32_and_bad_ids_rejected(index):
+    codes, ids = codes_of(index, 10)
+    big = SparseCodes(codes.indices.astype(np.int64), codes.values, 1 << 40)
+    big.indices[2, 0] = 1 << 32
+    client = QdrantClient(":memory:")
+    with pytest.raises(ValueError, match=r"outside \[0, 2\*\*32"):
+        cq.export_codes(big, ids, client, "bad")
+    for bad_ids, message in [
+        (np.r_[ids[:-1], -3], "non-negative"),
+        (np.r_[ids[:-1], 0], "duplicates"),
+        (np.r_[ids[:-1], np.uint64(1 << 63)].astype(np.uint64), "below 2\\*\\*63"),
+        (ids[:-1], "10 codes but 9 point ids"),
+        (["a"] * 10, "integers"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            cq.export_codes(codes, bad_ids, client, "bad")
+    with pytest.raises(ValueError, match="dense_vectors has 3 rows"):
+        cq.export_codes(codes, ids, client, "bad", dense_vectors=np.ones((3, 4)))
+    assert not client.collection_exists("bad")
+
+
+def test_bad_payloads_rejected(index, corpus, tmp_path):
+    client = QdrantClient(":memory:")
+    table = corpus.table
+    nan = table.append_column("score", pa.array(np.where(np.arange(table.num_rows) == 7, np.nan, 1.0)))
+    with pytest.raises(ValueError, match="'score' contains NaN"):
+        cq.export(index, client, "p", payload=nan)
+    stamps = table.append_column("when", pa.array(np.zeros(table.num_rows, dtype="datetime64[s]")))
+    with pytest.raises(ValueError, match="'when' has Arrow type timestamp"):
+        cq.export(index, client, "p", payload=stamps)
+    with pytest.raises(ValueError, match="points have no payload row"):
+        cq.export(index, client, "p", payload=table.slice(0, 100))
+    with pytest.raises(ValueError, match="not in the payload source"):
+        cq.export(index, client, "p", payload=CORPUS, payload_columns=["title"])
+    with pytest.raises(ValueError, match="payload has 2 entries"):
+        cq.export(index, client, "p", payload=[{"a": 1}, {"a": 2}])
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.concat_tables([table.slice(0, 2), table.slice(0, 1)]), path)
+    with pytest.raises(ValueError, match="twice"):
+        cq.export(index, client, "p", payload=path)
+    assert not client.collection_exists("p")
+
+
+def test_incompatible_collections_refused(index, local, queries):
+    client = QdrantClient(":memory:")
+    client.create_collection("other", sparse_vectors_config={"bm25": models.SparseVectorParams()})
+    with pytest.raises(ValueError, match="no sparse vector 'csr'"):
+        cq.export(index, client, "other")
+    client.create_collection("idf", sparse_vectors_config={
+        "csr": models.SparseVectorParams(modifier=models.Modifier.IDF)})
+    with pytest.raises(ValueError, match="modifier IDF but idf=False"):
+        cq.export(index, client, "idf")
+    client.create_collection("stale", sparse_vectors_config={"csr": models.SparseVectorParams()},
+                             metadata={"csr_index": {**cq.index_metadata(index), "adapter_sha256": "0" * 64}})
+    with pytest.raises(ValueError, match="another CSR adapter"):
+        cq.export(index, client, "stale")
+    with pytest.raises(ValueError, match="another CSR adapter"):
+        cq.search(index, client, "stale", queries[:2], 5, rerank=0)
+    report = cq.export(index, client, "stale", recreate=True, batch_size=2000)
+    assert report.points_count == index.ntotal
+    with pytest.raises(ValueError, match="no dense vector 'dense'"):
+        cq.search(index, client, "stale", queries[:2], 5, hybrid=True)
+    with pytest.raises(ValueError, match="collection_name"):
+        cq.search(index, client, None, queries[:2], 5)
+
+
+def test_target_argument_errors(index, edge, queries):
+    with pytest.raises(ValueError, match="does not apply to a qdrant-edge shard"):
+        cq.search(index, edge, "name", queries[:2], 5)
+    with pytest.raises(TypeError, match="QdrantClient or an EdgeCollection"):
+        cq.search(index, object(), "name", queries[:2], 5)
+    with pytest.raises(ValueError, match="candidates=5 is below"):
+        cq.search(index, edge, None, queries[:2], 10, rerank=0, candidates=5)
+    with pytest.raises(ValueError, match="score must be"):
+        cq.search(index, edge, None, queries[:2], 10, score="exact")
+
+
+def test_edge_layout_checks(index, tmp_path):
+    with cq.EdgeCollection(tmp_path / "plain") as shard:
+        with pytest.raises(RuntimeError, match="another process"):
+            cq.EdgeCollection(tmp_path / "plain")  # the shard is locked while open
+    with pytest.raises(ValueError, match="modifier none but idf=True"):
+        cq.EdgeCollection(tmp_path / "plain", idf=True)
+    with pytest.raises(ValueError, match="no dense vector 'dense'"):
+        cq.EdgeCollection(tmp_path / "plain", dense_size=index.d)
+    with cq.EdgeCollection(tmp_path / "idf", idf=True) as shard:
+        assert shard.has_idf and not shard.has_dense()
+        with pytest.raises(ValueError, match="modifier IDF but idf=False"):
+            cq.export(index, shard)
+    with pytest.raises(FileNotFoundError):
+        cq.EdgeCollection(tmp_path / "missing", create=False)
+
+
+def test_empty_codes_are_stored_but_never_found(index, tmp_path, queries):
+    codes, ids = codes_of(index, 20)
+    codes.values[5] = 0
+    with cq.EdgeCollection(tmp_path / "shard") as shard:
+        cq.export_codes(codes, ids, shard, normalize=True)
+        assert shard.count() == 20
+        sub = CSRIndex(index.d, k=index.k, h=index.h)
+        sub.adapter = index.adapter
+        _, I = cq.search(sub, shard, None, queries, 20, rerank=0, check=False)
+        assert 5 not in I
+
+
+def test_idf_collection_and_parallel_fallback(index, caplog):
+    client = QdrantClient(":memory:")
+    with caplog.at_level("INFO", logger="csr_index.integrations.qdrant"):
+        cq.export(index, client, "idf", idf=True, parallel=4, batch_size=2000)
+    assert "parallel=4 ignored" in caplog.text
+    sparse = client.get_collection("idf").config.params.sparse_vectors["csr"]
+    assert sparse.modifier == models.Modifier.IDF
+
+
+# ----------------------------------------------------------------------- CLI
+def cli_results(hits_per_query, index, topk):
+    """(D, I) arrays from the CLI's per-query [(key, score), ...] lists."""
+    key_to_id = dict(zip(index.keys_of(index.ids).tolist(), index.ids.tolist()))
+    D = np.full((len(hits_per_query), topk), -np.inf, dtype=np.float32)
+    I = np.full((len(hits_per_query), topk), -1, dtype=np.int64)
+    for q, hits in enumerate(hits_per_query):
+        for j, (key, score) in enumerate(hits):
+            D[q, j], I[q, j] = score, key_to_id[key]
+    return D, I
+
+
+def test_cli_edge_roundtrip(index, index_dir, queries, tmp_path):
+    runner = CliRunner()
+    shard = tmp_path / "cli-shard"
+    result = runner.invoke(export_qdrant, [str(index_dir), "--edge", str(shard), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"{index.ntotal} points ({index.ntotal} uploaded" in result.output
+    result = runner.invoke(search_qdrant, [str(index_dir), str(QUERIES), "--edge", str(shard), "--topk", "5",
+                                           "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["query"] for r in rows] == read_embeddings(QUERIES).keys
+    D, I = cli_results([[(h["id"], h["score"]) for h in r["results"]] for r in rows], index, 5)
+    # the CLI's defaults are search's: code scores here, exact re-rank of max(100, 10 * topk)
+    assert_same_results(D, I, *index.search(queries, 5, score="code"))
+
+
+def test_cli_local_path_and_usage_errors(index, corpus, tmp_path):
+    sub = subset_index(index, corpus, 60)
+    sub.save(tmp_path / "sub.csr")
+    runner = CliRunner()
+    where = tmp_path / "local"
+    args = [str(tmp_path / "sub.csr"), "--path", str(where), "--collection", "docs", "--quiet"]
+    result = runner.invoke(export_qdrant, args + ["--payload", str(CORPUS), "--payload-columns", "id"])
+    assert result.exit_code == 0, result.output
+    few = tmp_path / "q.parquet"
+    pq.write_table(pq.read_table(QUERIES).slice(0, 5), few)
+    result = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--path", str(where),
+                                           "--collection", "docs", "--topk", "3", "--rerank", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    qkeys = read_embeddings(few).keys
+    hits = {q: [] for q in qkeys}
+    for line in result.output.splitlines():
+        q, rank, key, score = line.split("\t")
+        assert int(rank) == len(hits[q]) + 1
+        hits[q].append((key, float(score)))
+    D, I = cli_results([hits[q] for q in qkeys], sub, 3)
+    assert_same_results(D, I, *sub.search(read_embeddings(few).vectors, 3, score="code", rerank=0))
+    client = QdrantClient(path=str(where))
+    try:
+        record = client.retrieve("docs", ids=[int(sub.ids[7])], with_payload=True)[0]
+        assert record.payload == {"id": corpus.keys[7]}
+    finally:
+        client.close()
+    # usage errors: exit code 2 and a message naming the problem
+    result = runner.invoke(export_qdrant, [str(tmp_path / "sub.csr"), "--path", str(where), "--quiet"])
+    assert result.exit_code == 2 and "--collection" in result.output
+    result = runner.invoke(export_qdrant, [str(tmp_path / "sub.csr"), "--url", "http://localhost:1",
+                                           "--edge", str(tmp_path / "e"), "--quiet"])
+    assert result.exit_code == 2 and "exactly one of" in result.output
+    result = runner.invoke(export_qdrant, [str(tmp_path / "sub.csr"), "--edge", str(tmp_path / "e"),
+                                           "--collection", "x", "--quiet"])
+    assert result.exit_code == 2 and "does not apply to --edge" in result.output
+    result = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--edge", str(tmp_path / "none"),
+                                           "--quiet"])
+    assert result.exit_code == 1 and "no qdrant-edge shard" in result.output

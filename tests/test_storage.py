@@ -1,0 +1,439 @@
+"""Saving and loading index directories: round trips, corruption detection, atomic saves."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import csr_index.storage
+from csr_index import CorruptIndexError, CSRIndex, FormatVersionError, IndexFormatError, MissingIndexFileError
+
+
+def manifest_of(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def data_file(path: Path, role: str) -> Path:
+    return path / manifest_of(path)["files"][role]["name"]
+
+
+def assert_same_results(a: CSRIndex, b: CSRIndex, queries, **kwargs):
+    for score in ("code", "asymmetric"):
+        Da, Ia = a.search(queries, 10, score=score, **kwargs)
+        Db, Ib = b.search(queries, 10, score=score, **kwargs)
+        np.testing.assert_array_equal(Ia, Ib)
+        np.testing.assert_array_equal(Da, Db)
+
+
+@pytest.fixture(scope="module")
+def saved(filled_index_factory, corpus, tmp_path_factory):
+    """A saved index with keys and stored originals; tests copy it before damaging it."""
+    index = filled_index_factory(store_vectors=True)
+    index.reset()
+    index.add(corpus, keys=[f"doc{i}" for i in range(len(corpus))])
+    path = tmp_path_factory.mktemp("saved") / "index.csr"
+    index.save(path)
+    return index, path
+
+
+@pytest.fixture
+def saved_copy(saved, tmp_path):
+    """A private copy of the saved index directory, free to damage."""
+    index, path = saved
+    dst = tmp_path / "copy.csr"
+    dst.mkdir()
+    for f in path.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return index, dst
+
+
+# -------------------------------------------------------------------- round trip
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(metric="ip"),
+        dict(values_dtype="float16"),
+        dict(store_vectors=True),
+    ],
+    ids=["cosine", "ip", "float16", "store_vectors"],
+)
+def test_round_trip_gives_identical_results(filled_index_factory, queries, tmp_path, kwargs):
+    index = filled_index_factory(**kwargs)
+    index.save(tmp_path / "ix")
+    loaded = CSRIndex.load(tmp_path / "ix")
+    assert repr(loaded) == repr(index)
+    assert (loaded.d, loaded.h, loaded.k, loaded.metric, loaded.store_vectors) == (
+        index.d, index.h, index.k, index.metric, index.store_vectors
+    )
+    assert loaded.values_dtype == index.values_dtype
+    assert loaded.config == index.config
+    assert loaded.train_stats == index.train_stats
+    np.testing.assert_array_equal(loaded.ids, index.ids)
+    np.testing.assert_array_equal(loaded.codes().indices, index.codes().indices)
+    np.testing.assert_array_equal(loaded.codes().values, index.codes().values)
+    for name, tensor in index.adapter.state_dict().items():
+        assert np.array_equal(loaded.adapter.state_dict()[name].numpy(), tensor.numpy()), name
+    assert_same_results(index, loaded, queries)
+    if index.store_vectors:
+        np.testing.assert_array_equal(loaded.vectors(), index.vectors())
+        assert_same_results(index, loaded, queries, rerank=30)
+
+
+def test_round_trip_keeps_keys_and_stats(saved, queries):
+    index, path = saved
+    loaded = CSRIndex.load(path)
+    _, I = loaded.search(queries, 5)
+    np.testing.assert_array_equal(loaded.keys_of(I), index.keys_of(I))
+    assert loaded.keys_of([3]).tolist() == ["doc3"]
+    assert loaded.stats() == index.stats()
+
+
+def test_loaded_arrays_are_read_only_views_of_the_files(saved):
+    loaded = CSRIndex.load(saved[1])
+    for arr in (loaded.codes().indices, loaded.codes().values, loaded.vectors(), loaded.ids):
+        assert not arr.flags.writeable
+        assert not arr.flags.owndata  # a view on the memory-mapped Arrow buffer, not a copy
+
+
+def test_loaded_index_accepts_more_vectors(saved, corpus, queries, tmp_path):
+    index, path = saved
+    loaded = CSRIndex.load(path)
+    loaded.add(corpus[:10], keys=[f"new{i}" for i in range(10)])
+    assert loaded.ntotal == index.ntotal + 10
+    assert loaded.keys_of([index.ntotal]).tolist() == ["new0"]
+    loaded.save(tmp_path / "bigger")
+    assert CSRIndex.load(tmp_path / "bigger").ntotal == index.ntotal + 10
+
+
+def test_empty_trained_index_round_trips(make_index, queries, tmp_path):
+    make_index(store_vectors=True).save(tmp_path / "empty")
+    loaded = CSRIndex.load(tmp_path / "empty")
+    assert loaded.ntotal == 0 and loaded.is_trained
+    D, I = loaded.search(queries, 3)
+    assert (I == -1).all()
+
+
+def test_describe_reads_only_the_manifest(saved):
+    index, path = saved
+    info = CSRIndex.describe(path)
+    assert info["format"] == "csr-index" and info["format_version"] == csr_index.storage.FORMAT_VERSION
+    assert (info["d"], info["k"], info["h"], info["ntotal"]) == (index.d, index.k, index.h, index.ntotal)
+    assert set(info["files"]) == {"adapter", "codes", "vectors"}
+    assert info["dtypes"] == {"indices": "uint16", "values": "float32", "vectors": "float16"}
+
+
+def test_directory_layout(saved):
+    path = saved[1]
+    names = sorted(p.name for p in path.iterdir())
+    assert "manifest.json" in names and len(names) == 4
+    listed = {e["name"] for e in manifest_of(path)["files"].values()}
+    assert listed == set(names) - {"manifest.json"}
+
+
+# --------------------------------------------------------------- missing files
+def test_missing_directory(tmp_path):
+    with pytest.raises(MissingIndexFileError, match="no index directory"):
+        CSRIndex.load(tmp_path / "nowhere")
+
+
+def test_missing_manifest(tmp_path):
+    (tmp_path / "ix").mkdir()
+    with pytest.raises(MissingIndexFileError, match="has no manifest.json"):
+        CSRIndex.load(tmp_path / "ix")
+
+
+@pytest.mark.parametrize("role", ["adapter", "codes", "vectors"])
+def test_missing_data_file(saved_copy, role):
+    _, path = saved_copy
+    data_file(path, role).unlink()
+    with pytest.raises(MissingIndexFileError, match="is missing"):
+        CSRIndex.load(path)
+
+
+def test_missing_index_file_error_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        CSRIndex.load(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- corruption
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("role", ["adapter", "codes", "vectors"])
+def test_truncated_file_is_caught_by_its_size(saved_copy, role, verify):
+    _, path = saved_copy
+    f = data_file(path, role)
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(CorruptIndexError, match="truncated or altered"):
+        CSRIndex.load(path, verify=verify)
+
+
+@pytest.mark.parametrize("role", ["adapter", "codes", "vectors"])
+def test_flipped_byte_is_caught_by_the_checksum(saved_copy, role):
+    _, path = saved_copy
+    f = data_file(path, role)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndexError, match="sha256"):
+        CSRIndex.load(path)
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "\xff\xfe garbage"], ids=["broken", "empty", "binary"])
+def test_manifest_that_is_not_json(saved_copy, text):
+    _, path = saved_copy
+    (path / "manifest.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CorruptIndexError, match="not valid JSON"):
+        CSRIndex.load(path)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_other_format_version(saved_copy, version):
+    _, path = saved_copy
+    manifest = manifest_of(path)
+    manifest["format_version"] = version
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatVersionError, match="format version"):
+        CSRIndex.load(path)
+    with pytest.raises(FormatVersionError):
+        CSRIndex.describe(path)
+
+
+def _set(key, value):
+    def edit(m):
+        m[key] = value
+    return edit
+
+
+def _drop(key):
+    def edit(m):
+        del m[key]
+    return edit
+
+
+def _file_name(role, name):
+    def edit(m):
+        m["files"][role]["name"] = name
+    return edit
+
+
+def _values_dtype(m):
+    m["dtypes"]["values"] = "float16"
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        pytest.param(_set("format", "something-else"), "not a csr-index manifest", id="format"),
+        pytest.param(lambda m: m.clear(), "not a csr-index manifest", id="empty-object"),
+        pytest.param(_set("ntotal", 601), "the manifest says 601", id="ntotal"),
+        pytest.param(_set("k", 4), "codes have shape", id="k"),
+        pytest.param(_set("h", 64), "adapter tensors", id="h"),
+        pytest.param(_set("d", 16), "adapter tensors", id="d"),
+        pytest.param(_set("metric", "l2"), "incomplete or invalid", id="metric"),
+        pytest.param(_drop("config"), "incomplete or invalid", id="no-config"),
+        pytest.param(_drop("files"), "does not list the adapter and codes", id="no-files"),
+        pytest.param(_values_dtype, "expected fixed_size_list<float16>", id="values-dtype"),
+        pytest.param(_file_name("codes", "../../etc/passwd"), "bad entry", id="path-traversal"),
+        pytest.param(_file_name("codes", "manifest.json"), "bad entry", id="foreign-name"),
+    ],
+)
+def test_tampered_manifest_is_corrupt(saved_copy, edit, fragment):
+    _, path = saved_copy
+    manifest = manifest_of(path)
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptIndexError, match=fragment):
+        CSRIndex.load(path)
+
+
+def test_manifest_that_is_a_list(saved_copy):
+    _, path = saved_copy
+    (path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CorruptIndexError):
+        CSRIndex.load(path)
+
+
+def test_all_format_errors_share_a_base_class():
+    for exc in (CorruptIndexError, FormatVersionError, MissingIndexFileError):
+        assert issubclass(exc, IndexFormatError) and issubclass(exc, ValueError)
+
+
+# ------------------------------------------------------------------ atomicity
+def _fail_on_call(n, real):
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise OSError("simulated crash (disk full)")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    "target, call",
+    [
+        ("_write_table", 2),  # codes written, crash while writing the vectors
+        ("_write_bytes", 1),  # crash on the adapter file
+        ("_write_bytes", 2),  # crash writing the new manifest
+        ("os.replace", 1),  # crash at the commit point
+    ],
+)
+def test_crashed_save_keeps_the_previous_index(filled_index_factory, corpus, queries, tmp_path, monkeypatch,
+                                               target, call):
+    path = tmp_path / "ix"
+    old = filled_index_factory(store_vectors=True)
+    old.save(path)
+    before = sorted(p.name for p in path.iterdir())
+    expected = CSRIndex.load(path)
+
+    new = filled_index_factory(store_vectors=True)
+    new.reset()
+    new.add(corpus[:50])
+    with monkeypatch.context() as m:
+        if target == "os.replace":
+            m.setattr(csr_index.storage.os, "replace", _fail_on_call(call, os.replace))
+        else:
+            m.setattr(csr_index.storage, target, _fail_on_call(call, getattr(csr_index.storage, target)))
+        with pytest.raises(OSError, match="simulated crash"):
+            new.save(path)
+
+    survivor = CSRIndex.load(path)  # the old manifest and every file it names are intact
+    assert survivor.ntotal == len(corpus)
+    assert_same_results(expected, survivor, queries)
+
+    new.save(path)  # a later successful save cleans the orphans of the crashed one
+    names = sorted(p.name for p in path.iterdir())
+    listed = {e["name"] for e in manifest_of(path)["files"].values()}
+    assert set(names) == listed | {"manifest.json"}
+    assert not set(names) & set(before) - {"manifest.json"}
+    assert CSRIndex.load(path).ntotal == 50
+
+
+def test_crash_on_first_save_leaves_no_loadable_index(index, corpus, tmp_path, monkeypatch):
+    index.add(corpus[:20])
+    path = tmp_path / "ix"
+    with monkeypatch.context() as m:
+        m.setattr(csr_index.storage.os, "replace", _fail_on_call(1, os.replace))
+        with pytest.raises(OSError):
+            index.save(path)
+    with pytest.raises(MissingIndexFileError):
+        CSRIndex.load(path)
+    index.save(path)  # the half-written directory is ours: saving again is allowed and cleans it
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        {e["name"] for e in manifest_of(path)["files"].values()} | {"manifest.json"}
+    )
+
+
+def test_saving_into_a_foreign_directory_is_refused(index, corpus, tmp_path):
+    index.add(corpus[:10])
+    target = tmp_path / "my-documents"
+    target.mkdir()
+    (target / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a csr-index index; refusing"):
+        index.save(target)
+    assert [p.name for p in target.iterdir()] == ["thesis.tex"]
+    assert (target / "thesis.tex").read_text() == "precious"
+
+
+def test_saving_into_a_directory_with_a_foreign_manifest_is_refused(index, corpus, tmp_path):
+    index.add(corpus[:10])
+    target = tmp_path / "webapp"
+    target.mkdir()
+    (target / "manifest.json").write_text('{"name": "my web app", "start_url": "/"}')
+    (target / "index.html").write_text("<html></html>")
+    with pytest.raises(FileExistsError):
+        index.save(target)
+    assert json.loads((target / "manifest.json").read_text()) == {"name": "my web app", "start_url": "/"}
+
+
+def test_saving_onto_a_file_is_refused(index, tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(FileExistsError):
+        index.save(f)
+    assert f.read_text() == "x"
+
+
+def test_saving_into_an_empty_directory_works(index, corpus, tmp_path):
+    index.add(corpus[:10])
+    index.save(tmp_path)  # tmp_path exists and is empty
+    assert CSRIndex.load(tmp_path).ntotal == 10
+
+
+def test_resave_over_itself_after_load(saved_copy, queries):
+    index, path = saved_copy
+    loaded = CSRIndex.load(path)  # its codes and vectors are memory-mapped from files in path
+    old_files = {e["name"] for e in manifest_of(path)["files"].values()}
+    loaded.save(path)
+    new_files = {e["name"] for e in manifest_of(path)["files"].values()}
+    assert not old_files & new_files and not any((path / n).exists() for n in old_files)
+    assert_same_results(index, loaded, queries, rerank=30)  # the mapped arrays still read fine
+    again = CSRIndex.load(path)
+    assert_same_results(index, again, queries, rerank=30)
+    again.save(path)  # and once more, from the new generation
+    assert_same_results(index, CSRIndex.load(path), queries)
+
+
+def test_load_without_verify_still_reads(saved):
+    index, path = saved
+    loaded = CSRIndex.load(path, verify=False)
+    np.testing.assert_array_equal(loaded.ids, index.ids)
+
+
+# ------------------------------------------------- checks beyond the checksum
+def _patch_bytes(path: Path, old: bytes, new: bytes) -> None:
+    raw = path.read_bytes()
+    assert raw.count(old) == 1, "the pattern to patch must be unique in the file"
+    path.write_bytes(raw.replace(old, new))
+
+
+def test_negative_code_value_is_caught_without_verify(saved_copy):
+    index, path = saved_copy
+    row = index.codes().values[7]
+    _patch_bytes(data_file(path, "codes"), row.tobytes(), (-row).tobytes())
+    with pytest.raises(CorruptIndexError, match="finite and non-negative"):
+        CSRIndex.load(path, verify=False)
+    with pytest.raises(CorruptIndexError, match="sha256"):
+        CSRIndex.load(path)
+
+
+def test_latent_index_out_of_range_is_caught_without_verify(saved_copy):
+    index, path = saved_copy
+    row = index.codes().indices[7]
+    bad = row.copy()
+    bad[0] = index.h + 5
+    _patch_bytes(data_file(path, "codes"), row.tobytes(), bad.tobytes())
+    with pytest.raises(CorruptIndexError, match="exceeds h=128"):
+        CSRIndex.load(path, verify=False)
+
+
+def test_duplicate_ids_are_caught_without_verify(saved_copy):
+    index, path = saved_copy
+    ids = np.asarray(index.ids)
+    _patch_bytes(data_file(path, "codes"), ids[:3].tobytes(), ids[[0, 0, 2]].tobytes())
+    with pytest.raises(CorruptIndexError, match="ids must be unique"):
+        CSRIndex.load(path, verify=False)
+
+
+def test_wide_code_space_uses_uint32_indices(embeddings, tmp_path, tiny_config):
+    # h > 65536 latents no longer fit in uint16
+    x = embeddings(200, d=8, seed=4)
+    index = CSRIndex(8, k=4, h=70_000, config=tiny_config(steps=3, batch_size=64, k_aux=16))
+    index.train(x)
+    index.add(x)
+    assert index.codes().indices.dtype == np.uint32
+    index.save(tmp_path / "wide")
+    assert CSRIndex.describe(tmp_path / "wide")["dtypes"]["indices"] == "uint32"
+    loaded = CSRIndex.load(tmp_path / "wide")
+    for score in ("code", "asymmetric"):
+        Da, Ia = index.search(x[:5], 3, score=score)
+        Db, Ib = loaded.search(x[:5], 3, score=score)
+        np.testing.assert_array_equal(Ia, Ib)
+        np.testing.assert_array_equal(Da, Db)
+    assert (Ia[:, 0] == np.arange(5)).all()
