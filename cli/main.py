@@ -213,5 +213,10 @@ def info(index_path, as_json):
         click.echo(f"{key:24s} {value}")
 
 
+from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402  (registers on the group)
+
+main.add_command(export_qdrant)
+main.add_command(search_qdrant)
+
 if __name__ == "__main__":
     main()

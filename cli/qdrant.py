@@ -70,7 +70,7 @@ def _open_target(
     try:
         from qdrant_client import QdrantClient
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise click.ClickException(f"qdrant-client is not installed: pip install 'csr-index[qdrant]' ({exc})")
+        raise click.ClickException(f"qdrant-client is not installed: pip install 'csr-index[qdrant]' ({exc})") from exc
     if url is not None:
         client = QdrantClient(url=url, api_key=api_key, prefer_grpc=grpc, timeout=timeout)
     else:
@@ -80,7 +80,8 @@ def _open_target(
 
 def _target_options(f: Callable) -> Callable:
     options = [
-        click.option("--url", default=None, help="Qdrant server or cluster URL, e.g. http://host:6333. " + _SHARED_TARGET_HELP),
+        click.option("--url", default=None,
+                     help="Qdrant server or cluster URL, e.g. http://host:6333. " + _SHARED_TARGET_HELP),
         click.option("--path", "local_path", type=click.Path(file_okay=False), default=None,
                      help="qdrant-client local mode directory (no server). " + _SHARED_TARGET_HELP),
         click.option("--edge", type=click.Path(file_okay=False), default=None,
@@ -128,10 +129,12 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
 @click.option("--recreate", is_flag=True, help="Drop the collection first (not with --edge).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Skip points already in the collection (re-run after an interruption).")
+@click.option("--metadata/--no-metadata", default=True, show_default=True,
+              help="Record the adapter fingerprint in the collection metadata (checked by search-qdrant).")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, timeout, vector_name, payload,
                   payload_columns, join_column, dense, idf, batch_size, parallel, shard_number, replication_factor,
-                  write_consistency_factor, on_disk, recreate, resume, quiet):
+                  write_consistency_factor, on_disk, recreate, resume, metadata, quiet):
     """Upload the codes of INDEX_PATH to a Qdrant collection (created if needed); re-run to resume."""
     _setup_logging(quiet)
     index = _load(index_path, quiet)
@@ -147,7 +150,7 @@ def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, 
             join=join_column, dense=dense, idf=idf, batch_size=batch_size, parallel=parallel,
             shard_number=shard_number, replication_factor=replication_factor,
             write_consistency_factor=write_consistency_factor, on_disk=on_disk, recreate=recreate,
-            resume=resume, progress=not quiet,
+            resume=resume, store_metadata=metadata, progress=not quiet,
         ))
     finally:
         close()

@@ -51,6 +51,22 @@ class SparseAdapter(nn.Module):
         """k-sparse codes of ``x``: values (n, k) >= 0, descending, and latent indices (n, k)."""
         return self.topk(self.preactivations(x), k)
 
+    def refit(self, x: torch.Tensor, indices: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least-squares values on a fixed support: the best non-negative reconstruction of ``x``
+        from its latents ``indices`` (n, k), returned re-sorted by descending value.
+
+        The encoder picks the support in one linear pass; solving the small (k, k) system
+        ``min ||x - pre_bias - z W_S||`` on it lowers the reconstruction error of codes at no
+        change in sparsity. Negative solutions are clipped to 0 (an empty slot).
+        """
+        atoms = self.W[indices]  # (n, k, d)
+        gram = atoms @ atoms.transpose(1, 2)
+        gram = gram + ridge * torch.eye(indices.shape[1], dtype=gram.dtype, device=gram.device)
+        rhs = (atoms @ (x - self.pre_bias).unsqueeze(2)).squeeze(2)
+        values = torch.linalg.solve(gram, rhs).clamp_min(0)
+        values, order = torch.sort(values, dim=1, descending=True)
+        return values, indices.gather(1, order)
+
     def densify(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Scatter sparse codes into a dense (n, h) matrix (differentiable in ``values``)."""
         z = values.new_zeros(values.shape[0], self.h)

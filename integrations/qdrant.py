@@ -242,6 +242,23 @@ def _validate_codes(codes: SparseCodes, ids: np.ndarray, normalize: bool) -> int
     return nonempty
 
 
+def _check_dense(vectors: Any, n: int) -> np.ndarray:
+    """An (n, d) numeric array, checked finite in chunks (a memory-mapped float16 array is not copied)."""
+    arr = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"dense_vectors must be a 2-D array (n, d), got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"dense_vectors must hold real numbers, got dtype {arr.dtype}")
+    if len(arr) != n:
+        raise ValueError(f"dense_vectors has {len(arr)} rows but there are {n} points")
+    for s in range(0, n, VALIDATE_CHUNK):
+        block = np.asarray(arr[s : s + VALIDATE_CHUNK], dtype=np.float32)
+        bad = np.argwhere(~np.isfinite(block))
+        if bad.size:
+            raise ValueError(f"dense_vectors row {s + bad[0][0]} has a NaN or inf value (column {bad[0][1]})")
+    return arr
+
+
 # -------------------------------------------------------------------- payloads
 def _json_type(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
@@ -687,6 +704,9 @@ class EdgeCollection:
     ) -> None:
         qe = _edge()
         self.path = Path(path)
+        self._layout: dict | None = None
+        self._metadata: dict | None = None
+        self._closed = True
         self.vector_name = _check_name(vector_name, "vector_name")
         self.dense_vector_name = _check_name(dense_vector_name, "dense_vector_name")
         if dense_size is not None:
@@ -727,8 +747,10 @@ class EdgeCollection:
         return cls(path, idf=idf, dense_size=index.d if dense else None, **kwargs)
 
     def layout(self) -> dict | None:
-        """The shard's vector layout as qdrant-edge stores it (None if unreadable)."""
-        return _read_json(self.path / self.CONFIG_FILE)
+        """The shard's vector layout as qdrant-edge stores it (None if unreadable); fixed while open."""
+        if self._layout is None:
+            self._layout = _read_json(self.path / self.CONFIG_FILE)
+        return self._layout
 
     def _check_layout(self, idf: bool | None, dense_size: int | None) -> None:
         layout = self.layout()
@@ -759,18 +781,22 @@ class EdgeCollection:
         entry = (layout.get("sparse_vectors") or {}).get(self.vector_name) or {}
         return str(entry.get("modifier", "")).lower() == "idf"
 
+    @property
     def has_dense(self) -> bool:
         layout = self.layout() or {}
         return self.dense_vector_name in (layout.get("vectors") or {})
 
     def metadata(self) -> dict | None:
-        """The csr_index metadata written by the last export (None if none)."""
-        return _read_json(self.path / EDGE_METADATA_FILE)
+        """The csr_index metadata written by the first export (None if none), from ``csr_index.json``."""
+        if self._metadata is None:
+            self._metadata = _read_json(self.path / EDGE_METADATA_FILE) or {}
+        return self._metadata or None
 
     def write_metadata(self, meta: dict) -> None:
         tmp = self.path / (EDGE_METADATA_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp, self.path / EDGE_METADATA_FILE)
+        self._metadata = dict(meta)
 
     def count(self) -> int:
         qe = _edge()
@@ -956,6 +982,7 @@ def export(
     resume: bool = True,
     wait: bool = True,
     max_retries: int = 3,
+    store_metadata: bool = True,
     progress: bool = False,
 ) -> ExportReport:
     """Upload the codes of ``index`` as points of a Qdrant collection (or an :class:`EdgeCollection`).
@@ -987,6 +1014,9 @@ def export(
         (upserts overwrite; still no duplicates).
     wait: wait for each batch to be applied (Qdrant ``wait=true``).
     max_retries: retries of a batch on network errors, timeouts, 429 and 5xx.
+    store_metadata: record :func:`index_metadata` in the collection's metadata (or
+        ``csr_index.json`` in an edge shard), which ``search`` checks; turn it off for a
+        server without collection metadata.
     Every code, id, dense vector and payload is validated before anything is sent.
     """
     if not index.is_trained:
@@ -1037,7 +1067,7 @@ def export(
         shard_number=shard_number, replication_factor=replication_factor,
         write_consistency_factor=write_consistency_factor, on_disk=on_disk,
         collection_options=collection_options, recreate=recreate, resume=resume, wait=wait,
-        max_retries=max_retries, metadata=meta, progress=progress,
+        max_retries=max_retries, metadata=meta if store_metadata else None, progress=progress,
     )
 
 
@@ -1104,9 +1134,7 @@ def export_codes(
     n = codes.n
     dense_arr = None
     if dense_vectors is not None:
-        dense_arr = as_matrix(dense_vectors, None, "dense_vectors")
-        if len(dense_arr) != n:
-            raise ValueError(f"dense_vectors has {len(dense_arr)} rows but there are {n} points")
+        dense_arr = _check_dense(dense_vectors, n)
     payloads = _Payloads()
     if payload is not None:
         if isinstance(payload, pa.Table):
@@ -1143,22 +1171,23 @@ def export_codes(
         return _Batch(
             ids=point_ids[rows].tolist(),
             sparse=sparse,
-            dense=dense_arr[rows].tolist() if dense_arr is not None else None,
+            dense=np.asarray(dense_arr[rows], dtype=np.float32).tolist() if dense_arr is not None else None,
             payloads=payloads.batch(rows),
         )
 
     def run_batch(start: int) -> tuple[int, int]:
         """Upload rows [start, start + batch_size) that are missing; returns (sent, skipped)."""
-        rows = np.arange(start, min(n, start + batch_size))
+        stop = min(n, start + batch_size)
+        rows = np.arange(start, stop)
         if check_existing:
             present = _retrying(lambda: target.existing(point_ids[rows].tolist()), max_retries,
-                                f"checking points {start}..{rows[-1]}", target)
+                                f"checking which of rows {start}..{stop - 1} exist", target)
             if present:
                 rows = rows[~np.isin(point_ids[rows], np.fromiter(present, np.int64, len(present)))]
-        skipped = min(n, start + batch_size) - start - len(rows)
+        skipped = stop - start - len(rows)
         if len(rows):
             batch = make_batch(rows)
-            _retrying(lambda: target.upsert(batch), max_retries, f"uploading points {start}..{rows[-1]}", target)
+            _retrying(lambda: target.upsert(batch), max_retries, f"uploading rows {start}..{stop - 1}", target)
         log.debug("batch at row %d: %d sent, %d already there", start, len(rows), skipped)
         return len(rows), skipped
 
@@ -1249,7 +1278,7 @@ def _storage_rows(index: "CSRIndex", ids: np.ndarray) -> np.ndarray:
     stored = index.ids
     owner = stored.base if stored.base is not None else stored
     cached = _ROWS.get(index)
-    if cached is None or cached[0] is not owner:
+    if cached is None or cached[0] is not owner or len(cached[2]) != len(stored):
         sorter = np.argsort(stored, kind="stable")
         cached = (owner, sorter, np.asarray(stored)[sorter])
         _ROWS[index] = cached
@@ -1284,16 +1313,17 @@ def rescore(
     """Score candidate ids per query exactly as ``index.search`` would, and keep the best ``topk``.
 
     ``candidates`` (nq, R) int64 ids, -1 = none. ``score``: ``"code"`` (query code x
-    doc code, cosine of codes under metric='cosine'), ``"asymmetric"`` (dense query
-    vs the doc's reconstruction, the query projection cut to its k top latents) or
-    ``"exact"`` (inner product with the stored originals; needs store_vectors=True).
+    doc code, cosine of codes under metric='cosine'; k latents, default the index's k),
+    ``"asymmetric"`` (dense query vs the doc's reconstruction; the full projection, or
+    with ``k`` cut to its k top latents, as ``CSRIndex.search``) or ``"exact"`` (inner
+    product with the stored originals; needs store_vectors=True).
     Returns D float32 (nq, topk) descending and I int64 (nq, topk), (-inf, -1) padded.
     (Candidate for a public ``CSRIndex.rescore``; uses ``index._norms`` for "asymmetric".)
     """
     if score not in ("code", "asymmetric", "exact"):
         raise ValueError(f"score must be 'code', 'asymmetric' or 'exact', got {score!r}")
     topk = check_k(topk, 1 << 31, "topk")
-    k = index.k if k is None else check_k(k, index.k)
+    k = None if k is None else check_k(k, index.k)
     xq = _prepare_queries(index, x)
     cand = np.asarray(candidates, dtype=np.int64)
     if cand.ndim != 2 or cand.shape[0] != len(xq):
@@ -1302,7 +1332,7 @@ def rescore(
 
 
 def _rescore(
-    index: "CSRIndex", x_raw: Any, xq: np.ndarray, cand: np.ndarray, topk: int, score: str, k: int
+    index: "CSRIndex", x_raw: Any, xq: np.ndarray, cand: np.ndarray, topk: int, score: str, k: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     rows = _storage_rows(index, cand)
     if score == "exact":
@@ -1315,14 +1345,17 @@ def _rescore(
             xt = torch.from_numpy(xq)
             projected = adapter.project(xt)
             offset = (xt @ adapter.pre_bias).numpy()
-            keep = torch.topk(adapter.preactivations(xt), k, dim=1).indices
-            cut = torch.gather(projected, 1, keep)
-        qdense = np.zeros((nq, index.h), dtype=np.float32)
-        np.put_along_axis(qdense, keep.numpy().astype(np.int64), cut.numpy(), axis=1)
-        norms = getattr(index, "_norms")  # reconstruction norms, storage order
+            if k is None:  # the full projection, as CSRIndex.search(score="asymmetric") without k
+                qdense = projected.numpy()
+            else:  # cut to the k latents of largest pre-activation
+                keep = torch.topk(adapter.preactivations(xt), k, dim=1).indices
+                cut = torch.gather(projected, 1, keep)
+                qdense = np.zeros((nq, index.h), dtype=np.float32)
+                np.put_along_axis(qdense, keep.numpy().astype(np.int64), cut.numpy(), axis=1)
+        norms = index._norms  # reconstruction norms, storage order (a documented internal)
         scale = 1.0 / np.maximum(norms, 1e-12) if index.metric == "cosine" else None
     else:
-        qcodes = index.encode(x_raw, k)
+        qcodes = index.encode(x_raw, index.k if k is None else k)
         if index.metric == "cosine":
             qcodes = qcodes.normalized()
         qdense = qcodes.to_dense()
@@ -1386,13 +1419,16 @@ def search(
 
     score: ``"code"`` keeps Qdrant's ranking (equal to ``index.search(score="code")``);
         ``"asymmetric"`` re-scores the candidates with the asymmetric score (the
-        dense query against each doc's reconstruction).
+        dense query against each doc's reconstruction; the full projection, or cut
+        to k latents when ``k`` is given, as ``CSRIndex.search``). It equals
+        ``index.search(score="asymmetric")`` when that top list lies within Qdrant's
+        candidates (docs sharing no latent with the query code are never candidates).
     rerank: re-rank the best ``rerank`` exactly against the stored originals
         (store_vectors=True). Default as CSRIndex: max(100, 10 * topk) when originals
         are stored, else 0. ``score="code", rerank=R`` equals
         ``index.search(xq, topk, score="code", rerank=R)``.
     candidates: how many points Qdrant returns per query; default max(topk, rerank)
-        for "code", 4x that (at least 200) for "asymmetric".
+        for "code", 10x that (at least 1000) for "asymmetric".
     hybrid: fuse the sparse ranking with a dense one (the collection needs the dense
         vectors: ``export(..., dense=True)``) by Qdrant's reciprocal rank fusion
         (``rrf_k``); the fused candidates are then re-scored as above, and with
@@ -1403,7 +1439,7 @@ def search(
     if not index.is_trained:
         raise NotTrainedError("this CSRIndex is not trained yet: call index.train(x) first")
     topk = check_k(topk, 1 << 31, "topk")
-    k = index.k if k is None else check_k(k, index.k)
+    k = None if k is None else check_k(k, index.k)
     if score not in SCORE_MODES:
         raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
     if rerank is None:
@@ -1414,7 +1450,7 @@ def search(
         raise ValueError("rerank needs the original vectors: build the index with store_vectors=True")
     shortlist = max(topk, int(rerank))
     if candidates is None:
-        candidates = shortlist if score == "code" else max(4 * shortlist, 200)
+        candidates = shortlist if score == "code" else max(10 * shortlist, 1000)
     candidates = _check_positive(candidates, "candidates")
     if candidates < shortlist:
         raise ValueError(f"candidates={candidates} is below the shortlist max(topk, rerank)={shortlist}")
@@ -1432,7 +1468,7 @@ def search(
             log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", target.describe(),
                         vector_name)
 
-    codes = index.encode(xq, k)
+    codes = index.encode(xq, k)  # k=None: the index's k
     if index.metric == "cosine":
         codes = codes.normalized()
     indptr, idx, val = _csr_rows(codes.indices, codes.values, normalize=False)

@@ -13,6 +13,8 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ pytest.importorskip("qdrant_client")
 pytest.importorskip("qdrant_edge")
 
 from click.testing import CliRunner  # noqa: E402
+from httpx import Headers  # noqa: E402
 from qdrant_client import QdrantClient, models  # noqa: E402
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse  # noqa: E402
 
 from csr_index import CSRConfig, CSRIndex, SparseCodes  # noqa: E402
 from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402
@@ -43,57 +47,59 @@ pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason=f"SciFact data not f
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def corpus():
+def scifact():
+    """SciFact docs (vectors, keys, and the id/text table)."""
     return read_embeddings(CORPUS)
 
 
 @pytest.fixture(scope="module")
-def queries():
+def qvecs():
+    """The 300 SciFact query vectors."""
     return read_embeddings(QUERIES).vectors
 
 
 @pytest.fixture(scope="module")
-def index(corpus):
+def sf_index(scifact):
     config = CSRConfig(steps=20, batch_size=256, warmup_steps=1, device="cpu", seed=0)
-    idx = CSRIndex(corpus.vectors.shape[1], k=32, store_vectors=True, config=config)
-    idx.train(corpus.vectors)
+    idx = CSRIndex(scifact.vectors.shape[1], k=32, store_vectors=True, config=config)
+    idx.train(scifact.vectors)
     # shuffled, sparse ids: catches any confusion between ids and storage rows
-    ids = np.random.default_rng(0).permutation(len(corpus.vectors)).astype(np.int64) * 11 + 5
-    idx.add_with_ids(corpus.vectors, ids, keys=corpus.keys)
+    ids = np.random.default_rng(0).permutation(len(scifact.vectors)).astype(np.int64) * 11 + 5
+    idx.add_with_ids(scifact.vectors, ids, keys=scifact.keys)
     return idx
 
 
 @pytest.fixture(scope="module")
-def index_dir(index, tmp_path_factory):
+def index_dir(sf_index, tmp_path_factory):
     path = tmp_path_factory.mktemp("index") / "scifact.csr"
-    index.save(path)
+    sf_index.save(path)
     return path
 
 
 @pytest.fixture(scope="module")
-def local(index):
+def local(sf_index):
     client = QdrantClient(":memory:")
-    report = cq.export(index, client, "scifact", payload=CORPUS, payload_columns=["id", "text"], dense=True,
+    report = cq.export(sf_index, client, "scifact", payload=CORPUS, payload_columns=["id", "text"], dense=True,
                        batch_size=500)
-    assert report.uploaded == report.points_count == index.ntotal
+    assert report.uploaded == report.points_count == sf_index.ntotal
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def edge(index, tmp_path_factory):
+def edge(sf_index, tmp_path_factory):
     path = tmp_path_factory.mktemp("edge") / "shard"
-    with cq.EdgeCollection.for_index(path, index, dense=True) as shard:
-        report = cq.export(index, shard, payload=CORPUS, payload_columns=["id"], dense=True)
-        assert report.uploaded == report.points_count == index.ntotal
+    with cq.EdgeCollection.for_index(path, sf_index, dense=True) as shard:
+        report = cq.export(sf_index, shard, payload=CORPUS, payload_columns=["id"], dense=True)
+        assert report.uploaded == report.points_count == sf_index.ntotal
         yield shard
 
 
-def subset_index(index: CSRIndex, corpus, n: int) -> CSRIndex:
+def subset_index(index: CSRIndex, scifact, n: int) -> CSRIndex:
     """The first n docs under the same adapter (no retraining)."""
     sub = CSRIndex(index.d, k=index.k, h=index.h, metric=index.metric, store_vectors=True)
     sub.adapter = index.adapter
-    sub.add_with_ids(corpus.vectors[:n], np.arange(n, dtype=np.int64) * 3 + 1, keys=corpus.keys[:n])
+    sub.add_with_ids(scifact.vectors[:n], np.arange(n, dtype=np.int64) * 3 + 1, keys=scifact.keys[:n])
     return sub
 
 
@@ -152,102 +158,105 @@ def all_points(client, name, vector="csr"):
 
 
 # --------------------------------------------------------------------- parity
-def test_local_mode_equals_csrindex_code_search(index, local, queries):
-    xq = queries[:LOCAL_NQ]
-    D, I = cq.search(index, local, "scifact", xq, 10, rerank=0)
+def test_local_mode_equals_csrindex_code_search(sf_index, local, qvecs):
+    xq = qvecs[:LOCAL_NQ]
+    D, I = cq.search(sf_index, local, "scifact", xq, 10, rerank=0)
     assert D.dtype == np.float32 and I.dtype == np.int64
-    assert_same_results(D, I, *index.search(xq, 10, score="code", rerank=0))
+    assert_same_results(D, I, *sf_index.search(xq, 10, score="code", rerank=0))
 
 
-def test_local_mode_rerank_equals_csrindex_rerank(index, local, queries):
-    xq = queries[:10]
-    D, I = cq.search(index, local, "scifact", xq, 10, rerank=50)
-    assert_same_results(D, I, *index.search(xq, 10, score="code", rerank=50))
+def test_local_mode_rerank_equals_csrindex_rerank(sf_index, local, qvecs):
+    xq = qvecs[:10]
+    D, I = cq.search(sf_index, local, "scifact", xq, 10, rerank=50)
+    assert_same_results(D, I, *sf_index.search(xq, 10, score="code", rerank=50))
 
 
-def test_edge_equals_csrindex_code_search(index, edge, queries):
-    D, I = cq.search(index, edge, None, queries, 10, rerank=0)
-    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=0))
+def test_edge_equals_csrindex_code_search(sf_index, edge, qvecs):
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, rerank=0)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, score="code", rerank=0))
     # adaptive k: fewer active latents per query
-    D, I = cq.search(index, edge, None, queries, 10, k=8, rerank=0)
-    assert_same_results(D, I, *index.search(queries, 10, k=8, score="code", rerank=0))
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, k=8, rerank=0)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, k=8, score="code", rerank=0))
 
 
-def test_edge_exact_rerank_equals_csrindex(index, edge, queries):
-    D, I = cq.search(index, edge, None, queries, 10, rerank=100)
-    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=100))
+def test_edge_exact_rerank_equals_csrindex(sf_index, edge, qvecs):
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, rerank=100)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, score="code", rerank=100))
     # default rerank is CSRIndex's default (auto when originals are stored)
-    D, I = cq.search(index, edge, None, queries, 10)
-    assert_same_results(D, I, *index.search(queries, 10, score="code"))
+    D, I = cq.search(sf_index, edge, None, qvecs, 10)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, score="code"))
 
 
-def test_edge_asymmetric_rescoring_equals_csrindex(index, edge, queries):
-    # with enough candidates, Qdrant's shortlist holds CSRIndex's asymmetric top-10
-    D, I = cq.search(index, edge, None, queries, 10, score="asymmetric", rerank=0, candidates=1000)
-    assert_same_results(D, I, *index.search(queries, 10, score="asymmetric", rerank=0), tol=1e-4)
-    D, I = cq.search(index, edge, None, queries, 10, score="asymmetric", rerank=100, candidates=1000)
-    assert_same_results(D, I, *index.search(queries, 10, score="asymmetric", rerank=100))
-    # with the default candidates, every returned score is CSRIndex's asymmetric score of that id
-    D, I = cq.search(index, edge, None, queries[:50], 10, score="asymmetric", rerank=0)
-    Dall, Iall = index.search(queries[:50], index.ntotal, score="asymmetric", rerank=0)
+def test_edge_asymmetric_rescoring_equals_csrindex(sf_index, edge, qvecs):
+    k = sf_index.k
+    # projection cut to k latents: CSRIndex scores only docs sharing one of them, and with
+    # enough candidates Qdrant's code shortlist holds its whole asymmetric top-10
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, k=k, score="asymmetric", rerank=0, candidates=1000)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, k=k, score="asymmetric", rerank=0), tol=1e-4)
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, k=k, score="asymmetric", rerank=100, candidates=1000)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, k=k, score="asymmetric", rerank=100))
+    # full projection (k=None): every returned score is CSRIndex's asymmetric score of that id
+    # (CSRIndex also scores docs sharing no latent with the query, which Qdrant never returns)
+    D, I = cq.search(sf_index, edge, None, qvecs[:50], 10, score="asymmetric", rerank=0)
+    Dall, Iall = sf_index.search(qvecs[:50], sf_index.ntotal, score="asymmetric", rerank=0)
     for q in range(50):
         full = dict(zip(Iall[q].tolist(), Dall[q].tolist()))
         np.testing.assert_allclose(D[q], [full[i] for i in I[q]], rtol=0, atol=1e-4)
 
 
-def test_rescore_code_matches_qdrant_scores(index, edge, queries):
-    D, I = cq.search(index, edge, None, queries, 20, rerank=0)
-    Dc, Ic = cq.rescore(index, queries, I, 20, score="code")
+def test_rescore_code_matches_qdrant_scores(sf_index, edge, qvecs):
+    D, I = cq.search(sf_index, edge, None, qvecs, 20, rerank=0)
+    Dc, Ic = cq.rescore(sf_index, qvecs, I, 20, score="code")
     assert_same_results(Dc, Ic, D, I)
 
 
-def test_hybrid_rrf_edge_and_local(index, edge, local, queries):
+def test_hybrid_rrf_edge_and_local(sf_index, edge, local, qvecs):
     C = 50
-    Dref, Iref = rrf_reference(index, queries, C)
+    Dref, Iref = rrf_reference(sf_index, qvecs, C)
     # RRF ties are frequent (same ranks, other lists): compare up to ties
-    D, I = cq.search(index, edge, None, queries, C, rerank=0, hybrid=True)
+    D, I = cq.search(sf_index, edge, None, qvecs, C, rerank=0, hybrid=True)
     assert_same_results(D, I, Dref, Iref, tol=1e-6)
-    Dl, Il = cq.search(index, local, "scifact", queries[:5], C, rerank=0, hybrid=True)
+    Dl, Il = cq.search(sf_index, local, "scifact", qvecs[:5], C, rerank=0, hybrid=True)
     assert_same_results(Dl, Il, Dref[:5], Iref[:5], tol=1e-6)
     # the fused candidates can be re-ranked exactly like any other shortlist
-    D, I = cq.search(index, edge, None, queries, 10, hybrid=True, rerank=C)
-    Dx, Ix = cq.rescore(index, queries, Iref, 10, score="exact")
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, hybrid=True, rerank=C)
+    Dx, Ix = cq.rescore(sf_index, qvecs, Iref, 10, score="exact")
     assert_same_results(D, I, Dx, Ix)
 
 
-def test_payload_from_parquet(index, local, corpus):
-    ids = np.asarray(index.ids)[[0, 17, 4000]].tolist()
-    text = dict(zip(corpus.table.column("id").to_pylist(), corpus.table.column("text").to_pylist()))
+def test_payload_from_parquet(sf_index, local, scifact):
+    ids = np.asarray(sf_index.ids)[[0, 17, 4000]].tolist()
+    text = dict(zip(scifact.table.column("id").to_pylist(), scifact.table.column("text").to_pylist()))
     for record in local.retrieve("scifact", ids=ids, with_payload=True):
-        key = index.keys_of([record.id])[0]
+        key = sf_index.keys_of([record.id])[0]
         assert record.payload == {"id": key, "text": text[key]}  # keys not duplicated under "key"
 
 
-def test_metadata_written_and_checked(index, local, edge):
+def test_metadata_written(sf_index, local, edge):
     meta = local.get_collection("scifact").config.metadata["csr_index"]
-    assert meta == cq.index_metadata(index, "csr", "dense")
-    assert edge.metadata() == cq.index_metadata(index, "csr", "dense")
+    assert meta == cq.index_metadata(sf_index, "csr", "dense")
+    assert edge.metadata() == cq.index_metadata(sf_index, "csr", "dense")
 
 
 # ---------------------------------------------------------- idempotence/resume
-def test_reexport_is_idempotent(index, edge, local):
-    report = cq.export(index, edge, dense=True)
-    assert (report.uploaded, report.skipped, report.points_count) == (0, index.ntotal, index.ntotal)
-    report = cq.export(index, edge, dense=True, resume=False, batch_size=1024)
-    assert (report.uploaded, report.points_count) == (index.ntotal, index.ntotal)
-    report = cq.export(index, local, "scifact", dense=True, batch_size=1000)
-    assert (report.uploaded, report.points_count) == (0, index.ntotal)
+def test_reexport_is_idempotent(sf_index, edge, local):
+    report = cq.export(sf_index, edge, dense=True)
+    assert (report.uploaded, report.skipped, report.points_count) == (0, sf_index.ntotal, sf_index.ntotal)
+    report = cq.export(sf_index, edge, dense=True, resume=False, batch_size=1024)
+    assert (report.uploaded, report.points_count) == (sf_index.ntotal, sf_index.ntotal)
+    report = cq.export(sf_index, local, "scifact", dense=True, batch_size=1000)
+    assert (report.uploaded, report.points_count) == (0, sf_index.ntotal)
 
 
-def test_partial_export_resumes(index, tmp_path):
-    codes, ids = index.codes(), np.asarray(index.ids)
+def test_partial_export_resumes(sf_index, tmp_path):
+    codes, ids = sf_index.codes(), np.asarray(sf_index.ids)
     part = np.random.default_rng(1).choice(len(ids), 2000, replace=False)
     with cq.EdgeCollection(tmp_path / "shard") as shard:
         cq.export_codes(SparseCodes(codes.indices[part], codes.values[part], codes.h), ids[part], shard,
                         normalize=True)
         assert shard.count() == 2000
-        report = cq.export(index, shard, batch_size=300)
-        assert (report.uploaded, report.skipped, report.points_count) == (index.ntotal - 2000, 2000, index.ntotal)
+        report = cq.export(sf_index, shard, batch_size=300)
+        assert (report.uploaded, report.skipped, report.points_count) == (sf_index.ntotal - 2000, 2000, sf_index.ntotal)
 
 
 CHILD = r"""
@@ -255,25 +264,26 @@ import logging, sys, time
 from csr_index import CSRIndex
 from csr_index.integrations import qdrant as cq
 
-index_path, kind, where, stop_after, batch_size = sys.argv[1:6]
+index_path, kind, where, batch_size, report_after, hold_after = sys.argv[1:7]
 index = CSRIndex.load(index_path)
 
 
-class StopAfter(logging.Handler):
+class Checkpoints(logging.Handler):
+    # says READY after `report_after` batches; blocks after `hold_after` until killed
     seen = 0
 
     def emit(self, record):
         if record.getMessage().startswith("batch at row"):
-            StopAfter.seen += 1
-            if StopAfter.seen == int(stop_after):
-                print("STOPPED", flush=True)
-                if kind == "edge":
-                    time.sleep(600)  # hold mid-export until the parent kills this process
+            Checkpoints.seen += 1
+            if Checkpoints.seen == int(report_after):
+                print("READY", flush=True)
+            if Checkpoints.seen == int(hold_after):
+                time.sleep(600)  # never finish: the parent kills this process
 
 
 log = logging.getLogger("csr_index.integrations.qdrant")
 log.setLevel(logging.DEBUG)
-log.addHandler(StopAfter())
+log.addHandler(Checkpoints())
 if kind == "edge":
     target, name = cq.EdgeCollection(where), None
 else:
@@ -285,17 +295,14 @@ print("FINISHED", flush=True)
 
 
 def run_and_kill(args, delay=0.0):
-    """Start an export in a child process and SIGKILL it after it reports STOPPED (+ delay)."""
+    """Start an export in a child process and SIGKILL it ``delay`` seconds after it says READY."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
-        assert line.strip() == "STOPPED", f"child did not reach the stop point: {line!r} {proc.stderr.read()}"
-        if delay:
-            import time
-
-            time.sleep(delay)
+        assert line.strip() == "READY", f"child did not reach the checkpoint: {line!r} {proc.stderr.read()}"
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -305,30 +312,31 @@ def run_and_kill(args, delay=0.0):
     assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed"
 
 
-def test_killed_edge_export_resumes(index, index_dir, queries, tmp_path):
+def test_killed_edge_export_resumes(sf_index, index_dir, qvecs, tmp_path):
     where = tmp_path / "shard"
-    run_and_kill([index_dir, "edge", where, 6, 400])
+    run_and_kill([index_dir, "edge", where, 400, 6, 6])  # killed while it holds after batch 6
     with cq.EdgeCollection(where) as shard:
         partial = shard.count()
         assert partial == 6 * 400  # the WAL kept every acknowledged batch
-        report = cq.export(index, shard, batch_size=400)
-        assert (report.uploaded, report.skipped) == (index.ntotal - partial, partial)
-        assert shard.count() == index.ntotal
-        D, I = cq.search(index, shard, None, queries, 10, rerank=0)
-    assert_same_results(D, I, *index.search(queries, 10, score="code", rerank=0))
+        report = cq.export(sf_index, shard, batch_size=400)
+        assert (report.uploaded, report.skipped) == (sf_index.ntotal - partial, partial)
+        assert shard.count() == sf_index.ntotal
+        D, I = cq.search(sf_index, shard, None, qvecs, 10, rerank=0)
+    assert_same_results(D, I, *sf_index.search(qvecs, 10, score="code", rerank=0))
 
 
-def test_killed_local_export_resumes(index, corpus, queries, tmp_path):
+def test_killed_local_export_resumes(sf_index, scifact, qvecs, tmp_path):
     # local mode with path= commits every point to SQLite (~50-800 points/s): keep it small
-    sub = subset_index(index, corpus, 200)
+    sub = subset_index(sf_index, scifact, 200)
     sub.save(tmp_path / "sub.csr")
     where = tmp_path / "local"
-    # killed at a random moment, most likely inside the upload of the 4th batch
-    run_and_kill([tmp_path / "sub.csr", "local", where, 3, 20], delay=random.uniform(0.0, 0.3))
+    # killed at a random moment after batch 3: inside the upload of batch 4 or 5 (local mode
+    # commits point by point), or, on a fast disk, while the child holds after batch 5
+    run_and_kill([tmp_path / "sub.csr", "local", where, 20, 3, 5], delay=random.uniform(0.0, 0.3))
     client = QdrantClient(path=str(where))
     try:
         partial = client.count("docs").count
-        assert 60 <= partial < sub.ntotal
+        assert 60 <= partial <= 100
         report = cq.export(sub, client, "docs", batch_size=20)
         assert report.uploaded + report.skipped == sub.ntotal and report.skipped == partial
         assert client.count("docs").count == sub.ntotal
@@ -336,11 +344,64 @@ def test_killed_local_export_resumes(index, corpus, queries, tmp_path):
         expected = QdrantClient(":memory:")
         cq.export(sub, expected, "docs", batch_size=200)
         assert stored == all_points(expected, "docs")
-        xq = queries[:10]
+        xq = qvecs[:10]
         assert_same_results(*cq.search(sub, client, "docs", xq, 10, rerank=0),
                             *sub.search(xq, 10, score="code", rerank=0))
     finally:
         client.close()
+
+
+class SharedClient:
+    """A real local-mode client used the way export() uses a remote one: from several threads.
+
+    Local mode is not thread-safe, so calls are serialised; ``fail`` maps the n-th upsert
+    to an exception it raises once, as a network or server would.
+    """
+
+    def __init__(self, client, fail=None):
+        self._client, self._lock, self._fail = client, threading.Lock(), dict(fail or {})
+        self.upserts = 0
+        self.init_options = {}  # not local mode: export() takes its threaded path
+
+    def upsert(self, *args, **kwargs):
+        with self._lock:
+            self.upserts += 1
+            exc = self._fail.pop(self.upserts, None)
+            if exc is not None:
+                raise exc
+            return self._client.upsert(*args, **kwargs)
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
+def test_parallel_upload_retries_transient_errors(sf_index):
+    reference = QdrantClient(":memory:")
+    cq.export(sf_index, reference, "docs", batch_size=2000)
+    shared = SharedClient(QdrantClient(":memory:"), fail={3: ResponseHandlingException(ConnectionError("reset"))})
+    report = cq.export(sf_index, shared, "docs", batch_size=300, parallel=3, max_retries=2)
+    assert (report.uploaded, report.points_count) == (sf_index.ntotal, sf_index.ntotal)
+    assert shared.upserts == -(-sf_index.ntotal // 300) + 1  # one batch was sent twice
+    assert all_points(shared, "docs") == all_points(reference, "docs")
+
+
+def test_permanent_error_stops_and_rerun_resumes(sf_index):
+    client = QdrantClient(":memory:")
+    bad = UnexpectedResponse(400, "Bad Request", b"{}", Headers({}))
+    with pytest.raises(cq.QdrantExportError, match="run the export again to resume"):
+        cq.export(sf_index, SharedClient(client, fail={4: bad}), "docs", batch_size=500, parallel=2)
+    partial = client.count("docs").count
+    assert 0 < partial < sf_index.ntotal
+    report = cq.export(sf_index, client, "docs", batch_size=500)
+    assert (report.skipped, report.points_count) == (partial, sf_index.ntotal)
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -358,8 +419,8 @@ def codes_of(index, n=50):
         (lambda c, i: c.indices.__setitem__((5, 0), c.h), "outside"),
     ],
 )
-def test_bad_codes_rejected_before_sending(index, tmp_path, corrupt, message):
-    codes, ids = codes_of(index)
+def test_bad_codes_rejected_before_sending(sf_index, tmp_path, corrupt, message):
+    codes, ids = codes_of(sf_index)
     corrupt(codes, ids)
     client = QdrantClient(":memory:")
     with pytest.raises(ValueError, match=message):
@@ -369,13 +430,13 @@ def test_bad_codes_rejected_before_sending(index, tmp_path, corrupt, message):
         with pytest.raises(ValueError, match=message):
             cq.export_codes(codes, ids, shard, normalize=True)
         assert shard.count() == 0
-        good, ids = codes_of(index)
+        good, ids = codes_of(sf_index)
         cq.export_codes(good, ids, shard, normalize=True)  # the shard is intact
         assert shard.count() == len(ids)
 
 
-def test_index_beyond_u32_and_bad_ids_rejected(index):
-    codes, ids = codes_of(index, 10)
+def test_index_beyond_u32_and_bad_ids_rejected(sf_index):
+    codes, ids = codes_of(sf_index, 10)
     big = SparseCodes(codes.indices.astype(np.int64), codes.values, 1 << 40)
     big.indices[2, 0] = 1 << 32
     client = QdrantClient(":memory:")
@@ -395,94 +456,94 @@ def test_index_beyond_u32_and_bad_ids_rejected(index):
     assert not client.collection_exists("bad")
 
 
-def test_bad_payloads_rejected(index, corpus, tmp_path):
+def test_bad_payloads_rejected(sf_index, scifact, tmp_path):
     client = QdrantClient(":memory:")
-    table = corpus.table
+    table = scifact.table
     nan = table.append_column("score", pa.array(np.where(np.arange(table.num_rows) == 7, np.nan, 1.0)))
     with pytest.raises(ValueError, match="'score' contains NaN"):
-        cq.export(index, client, "p", payload=nan)
+        cq.export(sf_index, client, "p", payload=nan)
     stamps = table.append_column("when", pa.array(np.zeros(table.num_rows, dtype="datetime64[s]")))
     with pytest.raises(ValueError, match="'when' has Arrow type timestamp"):
-        cq.export(index, client, "p", payload=stamps)
+        cq.export(sf_index, client, "p", payload=stamps)
     with pytest.raises(ValueError, match="points have no payload row"):
-        cq.export(index, client, "p", payload=table.slice(0, 100))
+        cq.export(sf_index, client, "p", payload=table.slice(0, 100))
     with pytest.raises(ValueError, match="not in the payload source"):
-        cq.export(index, client, "p", payload=CORPUS, payload_columns=["title"])
+        cq.export(sf_index, client, "p", payload=CORPUS, payload_columns=["title"])
     with pytest.raises(ValueError, match="payload has 2 entries"):
-        cq.export(index, client, "p", payload=[{"a": 1}, {"a": 2}])
+        cq.export(sf_index, client, "p", payload=[{"a": 1}, {"a": 2}])
     path = tmp_path / "dup.parquet"
     pq.write_table(pa.concat_tables([table.slice(0, 2), table.slice(0, 1)]), path)
     with pytest.raises(ValueError, match="twice"):
-        cq.export(index, client, "p", payload=path)
+        cq.export(sf_index, client, "p", payload=path)
     assert not client.collection_exists("p")
 
 
-def test_incompatible_collections_refused(index, local, queries):
+def test_incompatible_collections_refused(sf_index, local, qvecs):
     client = QdrantClient(":memory:")
     client.create_collection("other", sparse_vectors_config={"bm25": models.SparseVectorParams()})
     with pytest.raises(ValueError, match="no sparse vector 'csr'"):
-        cq.export(index, client, "other")
+        cq.export(sf_index, client, "other")
     client.create_collection("idf", sparse_vectors_config={
         "csr": models.SparseVectorParams(modifier=models.Modifier.IDF)})
     with pytest.raises(ValueError, match="modifier IDF but idf=False"):
-        cq.export(index, client, "idf")
+        cq.export(sf_index, client, "idf")
     client.create_collection("stale", sparse_vectors_config={"csr": models.SparseVectorParams()},
-                             metadata={"csr_index": {**cq.index_metadata(index), "adapter_sha256": "0" * 64}})
+                             metadata={"csr_index": {**cq.index_metadata(sf_index), "adapter_sha256": "0" * 64}})
     with pytest.raises(ValueError, match="another CSR adapter"):
-        cq.export(index, client, "stale")
+        cq.export(sf_index, client, "stale")
     with pytest.raises(ValueError, match="another CSR adapter"):
-        cq.search(index, client, "stale", queries[:2], 5, rerank=0)
-    report = cq.export(index, client, "stale", recreate=True, batch_size=2000)
-    assert report.points_count == index.ntotal
+        cq.search(sf_index, client, "stale", qvecs[:2], 5, rerank=0)
+    report = cq.export(sf_index, client, "stale", recreate=True, batch_size=2000)
+    assert report.points_count == sf_index.ntotal
     with pytest.raises(ValueError, match="no dense vector 'dense'"):
-        cq.search(index, client, "stale", queries[:2], 5, hybrid=True)
+        cq.search(sf_index, client, "stale", qvecs[:2], 5, hybrid=True)
     with pytest.raises(ValueError, match="collection_name"):
-        cq.search(index, client, None, queries[:2], 5)
+        cq.search(sf_index, client, None, qvecs[:2], 5)
 
 
-def test_target_argument_errors(index, edge, queries):
+def test_target_argument_errors(sf_index, edge, qvecs):
     with pytest.raises(ValueError, match="does not apply to a qdrant-edge shard"):
-        cq.search(index, edge, "name", queries[:2], 5)
+        cq.search(sf_index, edge, "name", qvecs[:2], 5)
     with pytest.raises(TypeError, match="QdrantClient or an EdgeCollection"):
-        cq.search(index, object(), "name", queries[:2], 5)
+        cq.search(sf_index, object(), "name", qvecs[:2], 5)
     with pytest.raises(ValueError, match="candidates=5 is below"):
-        cq.search(index, edge, None, queries[:2], 10, rerank=0, candidates=5)
+        cq.search(sf_index, edge, None, qvecs[:2], 10, rerank=0, candidates=5)
     with pytest.raises(ValueError, match="score must be"):
-        cq.search(index, edge, None, queries[:2], 10, score="exact")
+        cq.search(sf_index, edge, None, qvecs[:2], 10, score="exact")
 
 
-def test_edge_layout_checks(index, tmp_path):
+def test_edge_layout_checks(sf_index, tmp_path):
     with cq.EdgeCollection(tmp_path / "plain") as shard:
         with pytest.raises(RuntimeError, match="another process"):
             cq.EdgeCollection(tmp_path / "plain")  # the shard is locked while open
     with pytest.raises(ValueError, match="modifier none but idf=True"):
         cq.EdgeCollection(tmp_path / "plain", idf=True)
     with pytest.raises(ValueError, match="no dense vector 'dense'"):
-        cq.EdgeCollection(tmp_path / "plain", dense_size=index.d)
+        cq.EdgeCollection(tmp_path / "plain", dense_size=sf_index.d)
     with cq.EdgeCollection(tmp_path / "idf", idf=True) as shard:
-        assert shard.has_idf and not shard.has_dense()
+        assert shard.has_idf and not shard.has_dense
         with pytest.raises(ValueError, match="modifier IDF but idf=False"):
-            cq.export(index, shard)
+            cq.export(sf_index, shard)
     with pytest.raises(FileNotFoundError):
         cq.EdgeCollection(tmp_path / "missing", create=False)
 
 
-def test_empty_codes_are_stored_but_never_found(index, tmp_path, queries):
-    codes, ids = codes_of(index, 20)
+def test_empty_codes_are_stored_but_never_found(sf_index, tmp_path, qvecs):
+    codes, ids = codes_of(sf_index, 20)
     codes.values[5] = 0
     with cq.EdgeCollection(tmp_path / "shard") as shard:
         cq.export_codes(codes, ids, shard, normalize=True)
         assert shard.count() == 20
-        sub = CSRIndex(index.d, k=index.k, h=index.h)
-        sub.adapter = index.adapter
-        _, I = cq.search(sub, shard, None, queries, 20, rerank=0, check=False)
+        sub = CSRIndex(sf_index.d, k=sf_index.k, h=sf_index.h)
+        sub.adapter = sf_index.adapter
+        _, I = cq.search(sub, shard, None, qvecs, 20, rerank=0, check=False)
         assert 5 not in I
 
 
-def test_idf_collection_and_parallel_fallback(index, caplog):
+def test_idf_collection_and_parallel_fallback(sf_index, caplog):
     client = QdrantClient(":memory:")
     with caplog.at_level("INFO", logger="csr_index.integrations.qdrant"):
-        cq.export(index, client, "idf", idf=True, parallel=4, batch_size=2000)
+        cq.export(sf_index, client, "idf", idf=True, parallel=4, batch_size=2000)
     assert "parallel=4 ignored" in caplog.text
     sparse = client.get_collection("idf").config.params.sparse_vectors["csr"]
     assert sparse.modifier == models.Modifier.IDF
@@ -500,24 +561,24 @@ def cli_results(hits_per_query, index, topk):
     return D, I
 
 
-def test_cli_edge_roundtrip(index, index_dir, queries, tmp_path):
+def test_cli_edge_roundtrip(sf_index, index_dir, qvecs, tmp_path):
     runner = CliRunner()
     shard = tmp_path / "cli-shard"
     result = runner.invoke(export_qdrant, [str(index_dir), "--edge", str(shard), "--quiet"])
     assert result.exit_code == 0, result.output
-    assert f"{index.ntotal} points ({index.ntotal} uploaded" in result.output
+    assert f"{sf_index.ntotal} points ({sf_index.ntotal} uploaded" in result.output
     result = runner.invoke(search_qdrant, [str(index_dir), str(QUERIES), "--edge", str(shard), "--topk", "5",
                                            "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [r["query"] for r in rows] == read_embeddings(QUERIES).keys
-    D, I = cli_results([[(h["id"], h["score"]) for h in r["results"]] for r in rows], index, 5)
+    D, I = cli_results([[(h["id"], h["score"]) for h in r["results"]] for r in rows], sf_index, 5)
     # the CLI's defaults are search's: code scores here, exact re-rank of max(100, 10 * topk)
-    assert_same_results(D, I, *index.search(queries, 5, score="code"))
+    assert_same_results(D, I, *sf_index.search(qvecs, 5, score="code"))
 
 
-def test_cli_local_path_and_usage_errors(index, corpus, tmp_path):
-    sub = subset_index(index, corpus, 60)
+def test_cli_local_path_and_usage_errors(sf_index, scifact, tmp_path):
+    sub = subset_index(sf_index, scifact, 60)
     sub.save(tmp_path / "sub.csr")
     runner = CliRunner()
     where = tmp_path / "local"
@@ -540,7 +601,7 @@ def test_cli_local_path_and_usage_errors(index, corpus, tmp_path):
     client = QdrantClient(path=str(where))
     try:
         record = client.retrieve("docs", ids=[int(sub.ids[7])], with_payload=True)[0]
-        assert record.payload == {"id": corpus.keys[7]}
+        assert record.payload == {"id": scifact.keys[7]}
     finally:
         client.close()
     # usage errors: exit code 2 and a message naming the problem
@@ -555,3 +616,16 @@ def test_cli_local_path_and_usage_errors(index, corpus, tmp_path):
     result = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--edge", str(tmp_path / "none"),
                                            "--quiet"])
     assert result.exit_code == 1 and "no qdrant-edge shard" in result.output
+
+
+def test_commands_register_on_the_main_group():
+    """What cli/main.py does with the two commands (main.add_command) gives working subcommands."""
+    import click
+
+    from csr_index.cli.main import main
+
+    group = click.Group(commands=dict(main.commands))
+    group.add_command(export_qdrant)
+    group.add_command(search_qdrant)
+    result = CliRunner().invoke(group, ["search-qdrant", "--help"])
+    assert result.exit_code == 0 and "--hybrid" in result.output
