@@ -76,12 +76,9 @@ class SparseCodes:
         """Number of non-zero values in each code (n,)."""
         return np.count_nonzero(self.values, axis=1)
 
-    def to_scipy(self, dtype: np.dtype | type = np.float32, keep_zeros: bool = False) -> sp.csr_array:
-        """A scipy ``csr_array`` (n, h); column indices sorted per row.
-
-        Zero slots are dropped unless ``keep_zeros`` (then every slot is an explicit entry).
-        """
-        nz = np.ones(self.values.shape, dtype=bool) if keep_zeros else self.values != 0
+    def to_scipy(self, dtype: np.dtype | type = np.float32) -> sp.csr_array:
+        """A scipy ``csr_array`` (n, h) without the empty (zero) slots; column indices sorted per row."""
+        nz = self.values != 0
         counts = nz.sum(axis=1)
         indptr = np.zeros(self.n + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])

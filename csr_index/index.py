@@ -16,7 +16,7 @@ from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .errors import CorruptIndexError, NotTrainedError
 from .model import SparseAdapter
-from .search import SparseScorer, rerank_exact
+from .search import SparseScorer, rerank_exact, score_rows, top_entries
 from .storage import IndexFiles, fixed_size_column, read_index, read_manifest, write_index
 from .train import train_adapter
 from .validation import as_ids, as_matrix, check_k
@@ -91,7 +91,8 @@ class CSRIndex:
         self._keys: list[str | None] | None = None
         self._pending: list[tuple[np.ndarray, SparseCodes, np.ndarray, np.ndarray | None, list | None]] = []
         self._scorer: SparseScorer | None = None
-        self._row_of: dict[int, int] | None = None
+        self._doc_scales: dict[str, np.ndarray | None] | None = None
+        self._row_of: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def is_trained(self) -> bool:
@@ -133,9 +134,11 @@ class CSRIndex:
         self._pending = []
         self._scorer = None
         self._row_of = None
+        self._doc_scales = None
 
     # --------------------------------------------------------------- training
-    def _prepare(self, x: Any, name: str = "x") -> np.ndarray:
+    def prepare(self, x: Any, name: str = "x") -> np.ndarray:
+        """Validate vectors (n, d) and return them as float32, L2-normalised under metric='cosine'."""
         arr = as_matrix(x, self.d, name)
         if self.metric == "cosine":
             norms = np.linalg.norm(arr, axis=1, keepdims=True)
@@ -154,12 +157,12 @@ class CSRIndex:
         """
         if self.ntotal:
             raise ValueError(f"the index already holds {self.ntotal} vectors; call reset() before re-training")
-        xs = self._prepare(x)
+        xs = self.prepare(x)
         pair_arrays = None
         if pairs is not None:
             if len(pairs) != 2:
                 raise ValueError("pairs must be a (queries, positives) tuple")
-            pq, pp = self._prepare(pairs[0], "pairs[0]"), self._prepare(pairs[1], "pairs[1]")
+            pq, pp = self.prepare(pairs[0], "pairs[0]"), self.prepare(pairs[1], "pairs[1]")
             if len(pq) != len(pp):
                 raise ValueError(f"pairs have {len(pq)} queries but {len(pp)} positives")
             pair_arrays = (pq, pp)
@@ -193,7 +196,7 @@ class CSRIndex:
     def encode(self, x: Any, k: int | None = None) -> SparseCodes:
         """k-sparse codes (float32 values) of vectors ``x`` (n, d); ``k`` defaults to the index's k."""
         k = self.k if k is None else check_k(k, self.k)
-        return self._encode(self._prepare(x), k)[0]
+        return self._encode(self.prepare(x), k)[0]
 
     def decode(self, codes: SparseCodes) -> np.ndarray:
         """Reconstruct dense float32 vectors (n, d) from codes."""
@@ -216,7 +219,7 @@ class CSRIndex:
         with the index and returned by :meth:`keys_of`.
         """
         self._require_trained()
-        xs = self._prepare(x)
+        xs = self.prepare(x)
         new_ids = as_ids(ids, len(xs))
         if keys is not None:
             keys = [str(k) for k in keys]
@@ -238,19 +241,30 @@ class CSRIndex:
         log.info("added %d vectors (ntotal=%d)", len(xs), self.ntotal)
 
     # ---------------------------------------------------------------- lookups
-    def _rows_for(self, ids: np.ndarray) -> np.ndarray:
+    def _rows_for(self, ids: Any) -> np.ndarray:
+        """Storage rows of ``ids`` (any shape; -1 stays -1); KeyError for an id not in the index."""
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
         if self._row_of is None:
-            self._row_of = {int(i): r for r, i in enumerate(self._ids)}
-        rows = np.array([self._row_of.get(int(i), -1) for i in ids], dtype=np.int64)
-        missing = ids[rows < 0]
-        if missing.size:
-            raise KeyError(f"unknown ids: {missing[:5].tolist()}")
-        return rows
+            order = np.argsort(self._ids, kind="stable")
+            self._row_of = (order, self._ids[order])
+        order, sorted_ids = self._row_of
+        rows = np.full(flat.shape, -1, dtype=np.int64)
+        valid = flat >= 0
+        if valid.any():
+            pos = np.minimum(np.searchsorted(sorted_ids, flat[valid]), max(len(sorted_ids) - 1, 0))
+            found = (sorted_ids[pos] == flat[valid]) if len(sorted_ids) else np.zeros(int(valid.sum()), bool)
+            if not found.all():
+                raise KeyError(f"unknown ids: {flat[valid][~found][:5].tolist()}")
+            rows[valid] = order[pos]
+        return rows.reshape(np.shape(ids))
 
     def reconstruct_codes(self, ids: Any) -> SparseCodes:
         """Stored codes of the given ids (KeyError for an unknown id)."""
         self._flush()
-        rows = self._rows_for(np.asarray(ids, dtype=np.int64).reshape(-1))
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if (flat < 0).any():
+            raise KeyError(f"unknown ids: {flat[flat < 0][:5].tolist()}")
+        rows = self._rows_for(flat)
         return SparseCodes(self._codes.indices[rows], self._codes.values[rows], self.h)
 
     def keys_of(self, ids: Any) -> np.ndarray:
@@ -258,11 +272,9 @@ class CSRIndex:
         self._flush()
         arr = np.asarray(ids, dtype=np.int64)
         out = np.full(arr.shape, None, dtype=object)
-        flat = arr.reshape(-1)
-        valid = flat >= 0
-        rows = self._rows_for(flat[valid])
+        rows = self._rows_for(arr).reshape(-1)
         if self._keys is not None:
-            out.reshape(-1)[valid] = [self._keys[r] for r in rows]
+            out.reshape(-1)[rows >= 0] = [self._keys[r] for r in rows[rows >= 0]]
         return out
 
     @property
@@ -323,81 +335,115 @@ class CSRIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search the ``topk`` nearest stored vectors of each query in ``x`` (nq, d).
 
-        ``k``: active latents per query code (default: the index's k).
-        ``score``: ``"asymmetric"`` scores the dense query, projected into code space,
-            against every stored k-sparse code (the reconstruction's inner product or
-            cosine); ``"code"`` scores query code x doc code, what an inverted index
-            (or Qdrant) computes, and only docs sharing a latent with the query count.
+        ``score``: ``"asymmetric"`` (default) scores the dense query against each stored
+            code's reconstruction (inner product, or cosine under metric='cosine'); the
+            doc side stays k-sparse. ``"code"`` scores query code x doc code, what an
+            inverted index (or Qdrant) computes: only docs sharing a latent with the
+            query code are results.
+        ``k``: active latents per query. In ``"code"`` mode the query code's size
+            (default: the index's k). In ``"asymmetric"`` mode ``None`` uses the whole
+            projected query; ``k`` keeps only its k largest latents (cheaper: only the
+            posting lists of those latents are read, and only docs sharing one count).
         ``rerank``: re-score the best ``rerank`` candidates exactly against the stored
             originals (needs ``store_vectors=True``). Default: ``max(100, 10 * topk)``
             when originals are stored, else no re-ranking; 0 turns it off.
         Returns ``D`` float32 (nq, topk), descending, and ``I`` int64 (nq, topk),
         padded with (-inf, -1) where fewer than ``topk`` results exist.
         """
-        adapter = self._require_trained()
+        self._require_trained()
         topk = check_k(topk, 1 << 31, "topk")
-        k = None if k is None else check_k(k, self.k)
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if rerank is None:
             rerank = max(100, 10 * topk) if self.store_vectors else 0
         elif isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
             raise ValueError(f"rerank must be a non-negative integer, got {rerank!r}")
         if rerank and not self.store_vectors:
             raise ValueError("rerank needs the original vectors: build the index with store_vectors=True")
-        xq = self._prepare(x, "queries")
+        xq = self.prepare(x, "queries")
+        queries, offset, scale = self._query_terms(xq, score, k)
         self._flush()
-        nq = len(xq)
         if self.ntotal == 0:
-            return np.full((nq, topk), -np.inf, dtype=np.float32), np.full((nq, topk), -1, dtype=np.int64)
+            return _empty(len(xq), topk)
+        if self._scorer is None:
+            self._scorer = SparseScorer(self._codes)
         shortlist = max(topk, rerank)
-        if score == "code":
-            D, rows = self._search_codes(xq, self.k if k is None else k, shortlist)
+        if isinstance(queries, SparseCodes):
+            D, rows = self._scorer.search_sparse(queries.to_scipy(), shortlist, scale, offset)
         else:
-            D, rows = self._search_asymmetric(xq, k, shortlist)
+            D, rows = self._scorer.search_dense(queries, shortlist, scale, offset)
         if rerank:
             D, rows = rerank_exact(xq, rows, self._vectors, topk)
         else:
             D, rows = D[:, :topk], rows[:, :topk]
-        return D, np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
+        return D, self._ids_of_rows(rows)
 
-    def _get_scorer(self) -> SparseScorer:
-        if self._scorer is None:
-            self._scorer = SparseScorer(self._codes)
-        return self._scorer
+    def rescore(
+        self, x: Any, candidates: Any, topk: int, score: str = "exact", k: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score given candidate ids (nq, R; -1 = none) per query exactly as :meth:`search`
+        would in mode ``score`` (``"exact"``, ``"asymmetric"`` or ``"code"``) and keep the
+        best ``topk``: re-ranking a shortlist from elsewhere (e.g. Qdrant) costs R work per
+        query, not a scan. Returns (D, I) as :meth:`search`; KeyError for an unknown id.
+        """
+        self._require_trained()
+        topk = check_k(topk, 1 << 31, "topk")
+        xq = self.prepare(x, "queries")
+        cand = np.asarray(candidates)
+        if cand.ndim != 2 or cand.shape[0] != len(xq) or not np.issubdtype(cand.dtype, np.integer):
+            raise ValueError(f"candidates must be integer ids of shape ({len(xq)}, R), got {cand.dtype} {cand.shape}")
+        if score == "exact":
+            if not self.store_vectors:
+                raise ValueError("exact re-scoring needs the original vectors: build with store_vectors=True")
+            self._flush()
+            D, rows = rerank_exact(xq, self._rows_for(cand), self._vectors, topk)
+            return D, self._ids_of_rows(rows)
+        queries, offset, scale = self._query_terms(xq, score, k)
+        self._flush()
+        rows = self._rows_for(cand)
+        scores = score_rows(queries, self._codes, rows, scale, offset)
+        D, pos = top_entries(scores, topk)
+        return D, np.where(pos >= 0, np.take_along_axis(cand.astype(np.int64), np.maximum(pos, 0), axis=1), -1)
 
-    def _search_codes(self, xq: np.ndarray, k: int, topn: int) -> tuple[np.ndarray, np.ndarray]:
-        """Query code x doc code; under metric='cosine' both sides are L2-normalised (cosine of codes)."""
-        scorer = self._get_scorer()
-        queries = self._encode(xq, k)[0]
-        scale = None
-        if self.metric == "cosine":
-            queries = queries.normalized()
-            norms = self._codes.norms()
-            scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        return scorer.search_sparse(queries.to_scipy(), topn, scale=scale)
+    def _query_terms(
+        self, xq: np.ndarray, score: str, k: int | None
+    ) -> tuple[np.ndarray | SparseCodes, np.ndarray | None, np.ndarray | None]:
+        """Prepared queries in code space for a scoring mode, with per-query offsets and per-doc scales.
 
-    def _search_asymmetric(self, xq: np.ndarray, k: int | None, topn: int) -> tuple[np.ndarray, np.ndarray]:
-        """Dense query against each stored code's reconstruction: ``x_q . decode(z_d)``.
-
-        Equals ``(x_q W^T) . z_d + x_q . pre_bias``; under metric='cosine' it is divided
-        by the reconstruction's norm. With ``k`` the projected query keeps only the
-        coordinates of its k largest pre-activations, and only docs sharing one count.
+        The score of doc ``d`` is ``(q . z_d + offset_q) * scale_d``; a sparse ``q``
+        (SparseCodes) also means that only docs sharing one of its latents count.
+        code: q = the query code (L2-normalised under cosine), scale = 1 / ||z_d|| under cosine.
+        asymmetric: q = x_q W^T (cut to the k largest pre-activations when ``k``), offset =
+        x_q . pre_bias, so q . z_d + offset = x_q . decode(z_d); scale = 1 / ||decode(z_d)|| under cosine.
         """
         adapter = self._require_trained()
-        scorer = self._get_scorer()
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        if k is not None:
+            k = check_k(k, self.k)
+        self._flush()
+        scales = self._get_doc_scales()
+        if score == "code":
+            codes = self._encode(xq, self.k if k is None else k)[0]
+            return (codes.normalized() if self.metric == "cosine" else codes), None, scales["code"]
         with torch.inference_mode():
             xt = torch.from_numpy(xq)
             projected = adapter.project(xt)
             offset = (xt @ adapter.pre_bias).numpy()
-            if k is not None:
-                keep = torch.topk(adapter.preactivations(xt), k, dim=1).indices
-                cut = torch.gather(projected, 1, keep)
-        scale = 1.0 / np.maximum(self._norms, 1e-12) if self.metric == "cosine" else None
-        if k is None:
-            return scorer.search_dense(projected.numpy(), topn, scale=scale, offset=offset)
-        queries = SparseCodes(keep.numpy(), cut.numpy(), self.h).to_scipy(keep_zeros=True)
-        return scorer.search_sparse(queries, topn, scale=scale, offset=offset)
+            if k is None:
+                return projected.numpy(), offset, scales["asymmetric"]
+            keep = torch.topk(adapter.preactivations(xt), k, dim=1).indices
+            cut = torch.gather(projected, 1, keep)
+        return SparseCodes(keep.numpy().astype(index_dtype(self.h)), cut.numpy(), self.h), offset, scales["asymmetric"]
+
+    def _get_doc_scales(self) -> dict[str, np.ndarray | None]:
+        if self._doc_scales is None:
+            if self.metric == "cosine":
+                self._doc_scales = {"code": _inverse(self._codes.norms()), "asymmetric": _inverse(self._norms)}
+            else:
+                self._doc_scales = {"code": None, "asymmetric": None}
+        return self._doc_scales
+
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, self._ids[np.maximum(rows, 0)], -1)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -484,6 +530,16 @@ class CSRIndex:
     def describe(path: str | os.PathLike) -> dict[str, Any]:
         """The manifest of a saved index (config, counts, dtypes, files), without loading it."""
         return read_manifest(path)
+
+
+def _inverse(norms: np.ndarray) -> np.ndarray:
+    """1 / norm, with 0 for an all-zero code (it then scores 0 against everything)."""
+    norms = norms.astype(np.float32)
+    return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+
+
+def _empty(nq: int, topk: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((nq, topk), -np.inf, dtype=np.float32), np.full((nq, topk), -1, dtype=np.int64)
 
 
 def _adapter_from_state(state: dict[str, np.ndarray], d: int, h: int, path: Any) -> SparseAdapter:

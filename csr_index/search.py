@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from .codes import SparseCodes
 
-__all__ = ["top_entries", "SparseScorer", "rerank_exact"]
+__all__ = ["top_entries", "SparseScorer", "rerank_exact", "score_rows"]
 
 BLOCK_BYTES = 1 << 28
 
@@ -117,3 +117,48 @@ def rerank_exact(
     d, pos = top_entries(scores, topn)
     rows = np.where(pos >= 0, np.take_along_axis(candidates, np.maximum(pos, 0), axis=1), -1)
     return d, rows
+
+
+def score_rows(
+    queries: np.ndarray | SparseCodes,
+    codes: SparseCodes,
+    rows: np.ndarray,
+    scale: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+    block: int = 256,
+) -> np.ndarray:
+    """Scores (nq, R) of given stored rows (nq, R; -1 = none, scored -inf) per query.
+
+    Same definition as :class:`SparseScorer`: ``(q . z_d + offset_q) * scale_d``; for
+    sparse queries a doc sharing no latent with the query scores -inf (not a result); a
+    slot whose value is 0 is empty on either side, as in ``SparseCodes.to_scipy``.
+    Costs R * k per query: the doc codes are gathered, the query is looked up densely.
+    """
+    sparse = isinstance(queries, SparseCodes)
+    nq = rows.shape[0]
+    out = np.full(rows.shape, -np.inf, dtype=np.float32)
+    for s in range(0, nq, block):
+        r = rows[s : s + block]
+        safe = np.maximum(r, 0)
+        if sparse:
+            part = SparseCodes(queries.indices[s : s + block], queries.values[s : s + block], queries.h)
+            qdense = part.to_dense()
+            qmask = qdense != 0
+        else:
+            qdense = np.asarray(queries[s : s + block], dtype=np.float32)
+        didx = codes.indices[safe].astype(np.int64)  # (b, R, k)
+        dval = codes.values[safe].astype(np.float32)
+        flat_idx = didx.reshape(len(r), -1)
+        looked_up = np.take_along_axis(qdense, flat_idx, axis=1).reshape(didx.shape)
+        scores = (looked_up * dval).sum(axis=2, dtype=np.float32)
+        if offset is not None:
+            scores += offset[s : s + block, None]
+        if scale is not None:
+            scores *= scale[safe]
+        invalid = r < 0
+        if sparse:
+            shared = np.take_along_axis(qmask, flat_idx, axis=1).reshape(didx.shape) & (dval > 0)
+            invalid |= ~shared.any(axis=2)
+        scores[invalid] = -np.inf
+        out[s : s + block] = scores
+    return out

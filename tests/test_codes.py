@@ -25,15 +25,12 @@ def test_to_dense():
     assert dense.dtype == np.float32
 
 
-def test_to_scipy_drops_zero_slots_unless_asked():
+def test_to_scipy_drops_zero_slots():
     codes = small_codes()
     mat = codes.to_scipy()
     assert mat.shape == (2, 6) and mat.nnz == 5
     np.testing.assert_array_equal(mat.toarray(), codes.to_dense())
     assert mat.has_sorted_indices
-    kept = codes.to_scipy(keep_zeros=True)
-    assert kept.nnz == 6
-    np.testing.assert_array_equal(kept.toarray(), codes.to_dense())
 
 
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
