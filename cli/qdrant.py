@@ -70,7 +70,7 @@ def _open_target(
     try:
         from qdrant_client import QdrantClient
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise click.ClickException(f"qdrant-client is not installed: pip install 'csr-index[qdrant]' ({exc})") from exc
+        raise click.ClickException(f"qdrant-client is not installed: {cq.INSTALL_HINT} ({exc})") from exc
     if url is not None:
         client = QdrantClient(url=url, api_key=api_key, prefer_grpc=grpc, timeout=timeout)
     else:

@@ -25,6 +25,8 @@ class CSRConfig:
     """The second TopK term reconstructs with ``multi_k_factor * k`` latents (paper: 4)."""
     multi_k_weight: float = 1 / 8
     """Weight of that second term (paper: 1/8)."""
+    k_anneal: float = 0.0
+    """Fraction of training during which k decreases linearly from ``multi_k_factor * k`` to k."""
     beta: float = 1 / 32
     """Weight of the AuxK loss (paper: 1/32)."""
     gamma: float = 0.1
@@ -55,6 +57,9 @@ class CSRConfig:
     """Linear learning-rate warm-up; the rate then decays linearly to 0."""
     pre_bias_init: str = "mean"
     """'mean' starts ``pre_bias`` at the data mean (as EleutherAI sparsify); 'zero' as the paper."""
+    refit: bool = True
+    """Encoding: after the encoder picks each code's k latents, solve for their values by
+    least squares (non-negative), which lowers the reconstruction error of the stored codes."""
     seed: int = 0
     device: str | None = None
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""

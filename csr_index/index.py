@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from tqdm.auto import tqdm
 
 from . import __version__
 from .codes import SparseCodes, index_dtype
@@ -183,10 +184,14 @@ class CSRIndex:
         """Codes of prepared vectors and the norms of their reconstructions."""
         adapter = self._require_trained()
         idx_parts, val_parts, norm_parts = [], [], []
+        starts = range(0, len(x), ENCODE_BATCH)
+        show = self.progress and len(starts) > 1
         with torch.inference_mode():
-            for s in range(0, len(x), ENCODE_BATCH):
+            for s in tqdm(starts, desc="encoding", unit="batch", disable=not show):
                 xb = torch.from_numpy(x[s : s + ENCODE_BATCH])
                 values, indices = adapter.encode(xb, k)
+                if self.config.refit:
+                    values, indices = adapter.refit(xb, indices)
                 norm_parts.append(adapter.decode(values, indices).norm(dim=1).numpy())
                 idx_parts.append(indices.numpy().astype(index_dtype(self.h)))
                 val_parts.append(values.numpy())
@@ -342,8 +347,8 @@ class CSRIndex:
             query code are results.
         ``k``: active latents per query. In ``"code"`` mode the query code's size
             (default: the index's k). In ``"asymmetric"`` mode ``None`` uses the whole
-            projected query; ``k`` keeps only its k largest latents (cheaper: only the
-            posting lists of those latents are read, and only docs sharing one count).
+            projected query; ``k`` keeps it only on the latents of the query's k-code
+            (cheaper: only those posting lists are read, and only docs sharing one count).
         ``rerank``: re-score the best ``rerank`` candidates exactly against the stored
             originals (needs ``store_vectors=True``). Default: ``max(100, 10 * topk)``
             when originals are stored, else no re-ranking; 0 turns it off.
@@ -411,7 +416,7 @@ class CSRIndex:
         The score of doc ``d`` is ``(q . z_d + offset_q) * scale_d``; a sparse ``q``
         (SparseCodes) also means that only docs sharing one of its latents count.
         code: q = the query code (L2-normalised under cosine), scale = 1 / ||z_d|| under cosine.
-        asymmetric: q = x_q W^T (cut to the k largest pre-activations when ``k``), offset =
+        asymmetric: q = x_q W^T (with ``k``: kept only on the latents of the query's k-code), offset =
         x_q . pre_bias, so q . z_d + offset = x_q . decode(z_d); scale = 1 / ||decode(z_d)|| under cosine.
         """
         adapter = self._require_trained()
@@ -426,13 +431,15 @@ class CSRIndex:
             return (codes.normalized() if self.metric == "cosine" else codes), None, scales["code"]
         with torch.inference_mode():
             xt = torch.from_numpy(xq)
-            projected = adapter.project(xt)
+            projected = adapter.project(xt).numpy()
             offset = (xt @ adapter.pre_bias).numpy()
-            if k is None:
-                return projected.numpy(), offset, scales["asymmetric"]
-            keep = torch.topk(adapter.preactivations(xt), k, dim=1).indices
-            cut = torch.gather(projected, 1, keep)
-        return SparseCodes(keep.numpy().astype(index_dtype(self.h)), cut.numpy(), self.h), offset, scales["asymmetric"]
+        if k is None:
+            return projected, offset, scales["asymmetric"]
+        # keep the projection only on the latents of the query's k-code (its non-empty slots)
+        codes = self._encode(xq, k)[0]
+        cut = np.take_along_axis(projected, codes.indices.astype(np.int64), axis=1)
+        cut[codes.values == 0] = 0.0
+        return SparseCodes(codes.indices, cut, self.h), offset, scales["asymmetric"]
 
     def _get_doc_scales(self) -> dict[str, np.ndarray | None]:
         if self._doc_scales is None:

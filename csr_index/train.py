@@ -106,7 +106,8 @@ def train_adapter(
             xb = _mixup(xb, cfg.mixup)
 
         pre = adapter.preactivations(xb)
-        values, indices = adapter.topk(pre, k)
+        k_now = _annealed_k(k, k_multi, step, int(cfg.k_anneal * steps))
+        values, indices = adapter.topk(pre, k_now)
         x_hat = adapter.decode(values, indices)
         loss_k = fvu(xb, x_hat)
         loss = loss_k
@@ -119,10 +120,10 @@ def train_adapter(
         if cfg.gamma > 0:
             if pairs is not None:
                 j = torch.from_numpy(rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))).to(device)
-                cl = contrastive_loss(adapter.encode(pq[j], k), adapter.encode(pp[j], k), h, cfg.temperature)
+                cl = contrastive_loss(adapter.encode(pq[j], k_now), adapter.encode(pp[j], k_now), h, cfg.temperature)
             elif cfg.augment_noise > 0:
                 noise = torch.randn_like(xb) * (cfg.augment_noise / math.sqrt(d)) * xb.norm(dim=1, keepdim=True)
-                cl = contrastive_loss((values, indices), adapter.encode(xb + noise, k), h, cfg.temperature)
+                cl = contrastive_loss((values, indices), adapter.encode(xb + noise, k_now), h, cfg.temperature)
             elif cfg.teacher_temperature > 0:
                 cl = distillation_loss((values, indices), xb, h, cfg.temperature, cfg.teacher_temperature)
             else:
@@ -187,3 +188,10 @@ def _mixup(x: torch.Tensor, fraction: float) -> torch.Tensor:
     target_norm = lam * a.norm(dim=1, keepdim=True) + (1 - lam) * b.norm(dim=1, keepdim=True)
     mixed = mixed * (target_norm / mixed.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return torch.cat([mixed, x[m:]])
+
+
+def _annealed_k(k: int, k_start: int, step: int, anneal_steps: int) -> int:
+    """k decreasing linearly from ``k_start`` to ``k`` over the first ``anneal_steps`` steps."""
+    if anneal_steps <= 0 or step >= anneal_steps:
+        return k
+    return int(round(k_start + (k - k_start) * step / anneal_steps))

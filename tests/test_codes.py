@@ -108,12 +108,22 @@ def test_encode_returns_k_sparse_non_negative_sorted_codes(index, corpus):
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_encode_with_smaller_k_is_a_prefix_of_the_full_code(index, corpus, k):
+def test_encode_with_smaller_k_is_a_prefix_of_the_full_code_without_refit(index, corpus, monkeypatch, k):
+    monkeypatch.setattr(index.config, "refit", False)
     full = index.encode(corpus[:50])
     part = index.encode(corpus[:50], k=k)
     assert part.k == k
     np.testing.assert_array_equal(part.indices, full.truncate(k).indices)
     np.testing.assert_array_equal(part.values, full.truncate(k).values)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_encode_with_smaller_k_uses_a_subset_of_the_latents(index, corpus, k):
+    full = index.encode(corpus[:50])
+    part = index.encode(corpus[:50], k=k)
+    assert part.k == k
+    for small, large in zip(part.indices.tolist(), full.indices.tolist()):
+        assert set(small) <= set(large)
 
 
 def test_encode_is_deterministic_and_batch_independent(index, corpus):
@@ -131,7 +141,8 @@ def test_decode_is_codes_times_w_plus_pre_bias(index, corpus):
     np.testing.assert_allclose(index.decode(codes), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_encode_is_relu_of_top_k_preactivations(index, corpus):
+def test_encode_is_relu_of_top_k_preactivations_without_refit(index, corpus, monkeypatch):
+    monkeypatch.setattr(index.config, "refit", False)
     x = corpus[:40] / np.linalg.norm(corpus[:40], axis=1, keepdims=True)  # cosine index normalises
     W = index.adapter.W.detach().numpy()
     b = index.adapter.pre_bias.detach().numpy()
@@ -141,6 +152,19 @@ def test_encode_is_relu_of_top_k_preactivations(index, corpus):
     expected = np.zeros_like(pre)
     np.put_along_axis(expected, top, np.maximum(np.take_along_axis(pre, top, axis=1), 0), axis=1)
     np.testing.assert_allclose(index.encode(corpus[:40]).to_dense(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_refit_keeps_the_encoder_support_and_lowers_reconstruction_error(index, corpus, monkeypatch):
+    x = corpus[:60] / np.linalg.norm(corpus[:60], axis=1, keepdims=True)
+    refit = index.encode(x)
+    monkeypatch.setattr(index.config, "refit", False)
+    plain = index.encode(x)
+    for a, b in zip(refit.indices.tolist(), plain.indices.tolist()):
+        assert set(a) == set(b)
+    err_refit = np.linalg.norm(index.decode(refit) - x, axis=1)
+    err_plain = np.linalg.norm(index.decode(plain) - x, axis=1)
+    assert (err_refit <= err_plain + 1e-4).all()
+    assert err_refit.mean() < err_plain.mean()
 
 
 def test_cosine_index_encodes_direction_only(index, corpus):

@@ -193,7 +193,10 @@ def test_edge_asymmetric_rescoring_equals_csrindex(sf_index, edge, qvecs):
     # enough candidates Qdrant's code shortlist holds its whole asymmetric top-10
     D, I = cq.search(sf_index, edge, None, qvecs, 10, k=k, score="asymmetric", rerank=0, candidates=1000)
     assert_same_results(D, I, *sf_index.search(qvecs, 10, k=k, score="asymmetric", rerank=0), tol=1e-4)
-    D, I = cq.search(sf_index, edge, None, qvecs, 10, k=k, score="asymmetric", rerank=100, candidates=1000)
+    # a top-100 shortlist may reach past Qdrant's best 1000 by code score: ask for every doc
+    # sharing a latent, then both sides re-rank the same asymmetric top-100
+    D, I = cq.search(sf_index, edge, None, qvecs, 10, k=k, score="asymmetric", rerank=100,
+                     candidates=sf_index.ntotal)
     assert_same_results(D, I, *sf_index.search(qvecs, 10, k=k, score="asymmetric", rerank=100))
     # full projection (k=None): every returned score is CSRIndex's asymmetric score of that id
     # (CSRIndex also scores docs sharing no latent with the query, which Qdrant never returns)
@@ -206,7 +209,7 @@ def test_edge_asymmetric_rescoring_equals_csrindex(sf_index, edge, qvecs):
 
 def test_rescore_code_matches_qdrant_scores(sf_index, edge, qvecs):
     D, I = cq.search(sf_index, edge, None, qvecs, 20, rerank=0)
-    Dc, Ic = cq.rescore(sf_index, qvecs, I, 20, score="code")
+    Dc, Ic = sf_index.rescore(qvecs, I, 20, score="code")
     assert_same_results(Dc, Ic, D, I)
 
 
@@ -220,7 +223,7 @@ def test_hybrid_rrf_edge_and_local(sf_index, edge, local, qvecs):
     assert_same_results(Dl, Il, Dref[:5], Iref[:5], tol=1e-6)
     # the fused candidates can be re-ranked exactly like any other shortlist
     D, I = cq.search(sf_index, edge, None, qvecs, 10, hybrid=True, rerank=C)
-    Dx, Ix = cq.rescore(sf_index, qvecs, Iref, 10, score="exact")
+    Dx, Ix = sf_index.rescore(qvecs, Iref, 10, score="exact")
     assert_same_results(D, I, Dx, Ix)
 
 

@@ -46,8 +46,9 @@ def reference_asymmetric_scores(index, xq, k=None) -> np.ndarray:
     """score='asymmetric'.
 
     k=None: ``x_q . decode(z_d)`` for every doc, divided by ``||decode(z_d)||`` under cosine.
-    k=k':   the projected query ``x_q @ W.T`` kept at the query's k' largest pre-activations,
-            dotted with z_d, plus ``x_q . pre_bias``; only docs sharing one of those latents count.
+    k=k':   the projected query ``x_q @ W.T`` kept on the non-empty latents of the query's
+            k'-code, dotted with z_d, plus ``x_q . pre_bias``; only docs sharing one of those
+            latents count.
     """
     x = prepared(index, xq)
     codes = index.codes()
@@ -58,10 +59,7 @@ def reference_asymmetric_scores(index, xq, k=None) -> np.ndarray:
     else:
         W = index.adapter.W.detach().numpy().astype(np.float64)
         b = index.adapter.pre_bias.detach().numpy().astype(np.float64)
-        lb = index.adapter.latent_bias.detach().numpy().astype(np.float64)
-        pre = (x - b) @ W.T + lb
-        mask = np.zeros_like(pre)
-        np.put_along_axis(mask, np.argsort(-pre, axis=1)[:, :k], 1.0, axis=1)
+        mask = (index.encode(xq, k=k).to_dense() > 0).astype(np.float64)
         scores = (x @ W.T * mask) @ z.T + (x @ b)[:, None]
         shares = (mask @ (z > 0).T) > 0
     if index.metric == "cosine":

@@ -1,0 +1,58 @@
+"""Qdrant bridge: serve CSR codes from a Qdrant collection (or an embedded qdrant-edge shard).
+
+Qdrant stores each code as a named sparse vector and scores a query by the dot
+product over an exact inverted index, the same computation as
+``CSRIndex.search(score="code")``. So that the two agree:
+
+* under ``metric="cosine"`` the codes are uploaded L2-normalised (and queries are
+  sent normalised): their dot product is the cosine of the codes, which is what the
+  index computes; under ``metric="ip"`` raw codes are sent;
+* point ids are the index's int64 ids, so re-running an export upserts the same
+  points (no duplicates) and can skip the ones already present (resume);
+* every vector is validated before anything is sent: finite values, unique
+  indices sorted ascending, ``0 <= index < min(h, 2**32)``, ids unique in [0, 2**63).
+
+Targets: a ``qdrant_client.QdrantClient`` (server, cluster, or local mode; the code
+path is the same) plus a collection name, or an :class:`EdgeCollection`, Qdrant's
+engine in-process via qdrant-edge-py (pinned to ``EDGE_VERSION``). Neither is
+imported until used; both come with ``pip install 'csr-index[qdrant]'``.
+
+>>> from qdrant_client import QdrantClient
+>>> from csr_index.integrations import qdrant as cq
+>>> client = QdrantClient(url="http://localhost:6333")
+>>> cq.export(index, client, "docs", progress=True)
+>>> D, I = cq.search(index, client, "docs", xq, 10)          # = index.search(xq, 10, score="code")
+>>> with cq.EdgeCollection("docs.qedge") as edge:             # no server
+...     cq.export(index, edge); D, I = cq.search(index, edge, None, xq, 10)
+
+Any shortlist (e.g. ids from Qdrant) is re-scored with ``index.rescore(xq, ids, topk, score=...)``.
+
+Modules: ``upload`` (export, resume, retries), ``query`` (search, sparse and hybrid),
+``edge`` (EdgeCollection), ``client`` (QdrantClient collections), ``targets`` (the
+interface both implement), ``validation`` (checks before anything is sent),
+``payload``, ``metadata`` (adapter fingerprint), ``_deps`` (lazy imports).
+"""
+
+from __future__ import annotations
+
+from ._deps import EDGE_VERSION, INSTALL_HINT
+from .edge import EdgeCollection
+from .upload import ExportReport, QdrantExportError, export, export_codes
+from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, index_metadata
+from .query import search
+from .targets import Target
+
+__all__ = [
+    "EDGE_VERSION",
+    "INSTALL_HINT",
+    "DEFAULT_VECTOR_NAME",
+    "DEFAULT_DENSE_VECTOR_NAME",
+    "EdgeCollection",
+    "ExportReport",
+    "QdrantExportError",
+    "Target",
+    "export",
+    "export_codes",
+    "search",
+    "index_metadata",
+]

@@ -1,0 +1,102 @@
+"""What an export records with the collection (vector names, adapter fingerprint, value convention),
+and the checks that keep codes of different adapters from being mixed or searched together."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from csr_index import __version__
+
+from .validation import check_trained
+
+if TYPE_CHECKING:
+    from csr_index.index import CSRIndex
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VECTOR_NAME = "csr"
+DEFAULT_DENSE_VECTOR_NAME = "dense"
+METADATA_KEY = "csr_index"
+METADATA_FORMAT = 1
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def adapter_sha256(index: "CSRIndex") -> str:
+    """sha256 of the index's adapter weights (cached per adapter object)."""
+    check_trained(index)
+    adapter = index.adapter
+    cached = _FINGERPRINTS.get(adapter)
+    if cached is None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(adapter.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float32).tobytes())
+        cached = _FINGERPRINTS[adapter] = digest.hexdigest()
+    return cached
+
+
+def _values(index: "CSRIndex") -> str:
+    return "l2-normalized" if index.metric == "cosine" else "raw"
+
+
+def index_metadata(
+    index: "CSRIndex", vector_name: str = DEFAULT_VECTOR_NAME, dense_vector_name: str | None = None
+) -> dict[str, Any]:
+    """What an export records in the collection's metadata (under ``"csr_index"``).
+
+    ``search`` checks it: a collection exported from another adapter, or with the
+    other value convention, is refused instead of returning meaningless results.
+    """
+    return {
+        "format": METADATA_FORMAT,
+        "library_version": __version__,
+        "adapter_sha256": adapter_sha256(index),
+        "d": index.d,
+        "h": index.h,
+        "k": index.k,
+        "metric": index.metric,
+        "values": _values(index),
+        "vector_name": vector_name,
+        "dense_vector_name": dense_vector_name,
+        "dense_distance": "dot" if dense_vector_name else None,
+    }
+
+
+def check_search_metadata(found: Mapping[str, Any] | None, index: "CSRIndex", where: str, vector_name: str) -> None:
+    """Refuse to search a collection whose codes ``index`` did not make (no metadata: no check)."""
+    if not found:
+        log.debug("%s carries no csr_index metadata; skipping the adapter check", where)
+        return
+    if found.get("adapter_sha256") != adapter_sha256(index):
+        raise ValueError(
+            f"{where} holds codes of another CSR adapter (sha256 {str(found.get('adapter_sha256'))[:12]}…, "
+            f"this index {adapter_sha256(index)[:12]}…): its scores would be meaningless; "
+            "export this index to a new collection, or re-export with recreate=True"
+        )
+    if found.get("values") != _values(index):
+        raise ValueError(
+            f"{where} holds {found.get('values')} codes but metric={index.metric!r} needs {_values(index)} codes"
+        )
+    if found.get("vector_name") not in (None, vector_name):
+        raise ValueError(
+            f"{where} stores the codes under the sparse vector {found.get('vector_name')!r}, not {vector_name!r}"
+        )
+
+
+def check_export_metadata(found: Mapping[str, Any] | None, metadata: Mapping[str, Any], where: str,
+                          remedy: str) -> None:
+    """Refuse to add codes to a target that already holds codes of another adapter or value convention."""
+    if found and (found.get("adapter_sha256") != metadata.get("adapter_sha256")
+                  or found.get("values") != metadata.get("values")):
+        raise ValueError(
+            f"{where} already holds codes of another CSR adapter or value convention "
+            f"({str(found.get('adapter_sha256', '?'))[:12]}…/{found.get('values')} vs "
+            f"{str(metadata.get('adapter_sha256'))[:12]}…/{metadata.get('values')}); {remedy}"
+        )
