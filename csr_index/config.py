@@ -60,6 +60,8 @@ class CSRConfig:
     refit: bool = True
     """Encoding: after the encoder picks each code's k latents, solve for their values by
     least squares (non-negative), which lowers the reconstruction error of the stored codes."""
+    idf_weights: bool = True
+    """Code x code scoring weighs each latent by sqrt(IDF) over the training codes (hub latents count less)."""
     seed: int = 0
     device: str | None = None
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""

@@ -170,6 +170,11 @@ class CSRIndex:
         log.info("training CSR adapter: n=%d d=%d h=%d k=%d", len(xs), self.d, self.h, self.k)
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
         self.adapter = result.adapter
+        if self.config.idf_weights:
+            codes = self._encode(xs, self.k)[0]
+            self.adapter.set_latent_weights(
+                torch.from_numpy(codes.indices.astype(np.int64)), torch.from_numpy(codes.values), len(xs)
+            )
         self.train_stats = {
             "n_train": int(len(xs)),
             "steps": result.steps,
@@ -329,6 +334,25 @@ class CSRIndex:
         out.update({f"train_{k}": v for k, v in self.train_stats.items()})
         return out
 
+    def code_vectors(self) -> SparseCodes:
+        """The stored codes as code x code scoring sees them (float32): weighted by the
+        adapter's latent weights and L2-normalised under metric='cosine'. The inner product
+        of :meth:`query_code_vectors` and these is the ``score="code"`` score, so they are
+        what an external sparse engine (e.g. Qdrant) should store.
+        """
+        self._flush()
+        return self._weigh(self._codes)
+
+    def query_code_vectors(self, x: Any, k: int | None = None) -> SparseCodes:
+        """Query codes of ``x`` (n, d) as code x code scoring sees them (see :meth:`code_vectors`)."""
+        k = self.k if k is None else check_k(k, self.k)
+        return self._weigh(self._encode(self.prepare(x, "queries"), k)[0])
+
+    def _weigh(self, codes: SparseCodes) -> SparseCodes:
+        weights = self._require_trained().latent_weight.numpy()
+        weighted = SparseCodes(codes.indices, codes.values.astype(np.float32) * weights[codes.indices], self.h)
+        return weighted.normalized() if self.metric == "cosine" else weighted
+
     # ---------------------------------------------------------------- search
     def search(
         self,
@@ -415,7 +439,8 @@ class CSRIndex:
 
         The score of doc ``d`` is ``(q . z_d + offset_q) * scale_d``; a sparse ``q``
         (SparseCodes) also means that only docs sharing one of its latents count.
-        code: q = the query code (L2-normalised under cosine), scale = 1 / ||z_d|| under cosine.
+        code: the inner product of query_code_vectors() and code_vectors(): q = the weighted
+        (and, under cosine, normalised) query code times the latent weights, scale = 1 / ||z_d * w||.
         asymmetric: q = x_q W^T (with ``k``: kept only on the latents of the query's k-code), offset =
         x_q . pre_bias, so q . z_d + offset = x_q . decode(z_d); scale = 1 / ||decode(z_d)|| under cosine.
         """
@@ -427,8 +452,12 @@ class CSRIndex:
         self._flush()
         scales = self._get_doc_scales()
         if score == "code":
-            codes = self._encode(xq, self.k if k is None else k)[0]
-            return (codes.normalized() if self.metric == "cosine" else codes), None, scales["code"]
+            # code_vectors() = raw stored codes * w / ||z_d * w||: the engine keeps the raw
+            # codes, so the query carries the second weight factor and the doc norm is a scale
+            queries = self._weigh(self._encode(xq, self.k if k is None else k)[0])
+            weights = adapter.latent_weight.numpy()
+            queries = SparseCodes(queries.indices, queries.values * weights[queries.indices], self.h)
+            return queries, None, scales["code"]
         with torch.inference_mode():
             xt = torch.from_numpy(xq)
             projected = adapter.project(xt).numpy()
@@ -444,7 +473,9 @@ class CSRIndex:
     def _get_doc_scales(self) -> dict[str, np.ndarray | None]:
         if self._doc_scales is None:
             if self.metric == "cosine":
-                self._doc_scales = {"code": _inverse(self._codes.norms()), "asymmetric": _inverse(self._norms)}
+                weighted = SparseCodes(self._codes.indices, self._codes.values.astype(np.float32)
+                                       * self.adapter.latent_weight.numpy()[self._codes.indices], self.h)
+                self._doc_scales = {"code": _inverse(weighted.norms()), "asymmetric": _inverse(self._norms)}
             else:
                 self._doc_scales = {"code": None, "asymmetric": None}
         return self._doc_scales
@@ -550,7 +581,7 @@ def _empty(nq: int, topk: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _adapter_from_state(state: dict[str, np.ndarray], d: int, h: int, path: Any) -> SparseAdapter:
-    expected = {"W": (h, d), "pre_bias": (d,), "latent_bias": (h,)}
+    expected = {"W": (h, d), "pre_bias": (d,), "latent_bias": (h,), "latent_weight": (h,)}
     shapes = {name: tuple(arr.shape) for name, arr in state.items()}
     if shapes != expected:
         raise CorruptIndexError(f"{path}: adapter tensors {shapes} do not match {expected}")

@@ -24,6 +24,8 @@ class SparseAdapter(nn.Module):
         self.W = nn.Parameter(w / w.norm(dim=1, keepdim=True))
         self.pre_bias = nn.Parameter(torch.zeros(d))
         self.latent_bias = nn.Parameter(torch.zeros(h))
+        # per-latent weight of code x code scoring (sqrt of IDF over the training codes); not trained
+        self.register_buffer("latent_weight", torch.ones(h))
 
     @property
     def d(self) -> int:
@@ -66,6 +68,18 @@ class SparseAdapter(nn.Module):
         values = torch.linalg.solve(gram, rhs).clamp_min(0)
         values, order = torch.sort(values, dim=1, descending=True)
         return values, indices.gather(1, order)
+
+    def set_latent_weights(self, indices: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        """Set ``latent_weight`` to sqrt(IDF) of each latent over ``n`` training codes.
+
+        A latent firing in a large share of codes (a "hub") says little about which
+        vectors are alike; IDF weighting, as in text retrieval, lowers its say in code
+        x code scores. sqrt because the weight applies to both sides of the product.
+        """
+        df = torch.zeros(self.h, dtype=torch.float64)
+        df.index_add_(0, indices[values > 0].reshape(-1).cpu(), torch.ones(int((values > 0).sum()), dtype=torch.float64))
+        idf = torch.log((n + 1) / (df + 1))
+        self.latent_weight.copy_(idf.sqrt().to(self.latent_weight))
 
     def densify(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Scatter sparse codes into a dense (n, h) matrix (differentiable in ``values``)."""

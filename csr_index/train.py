@@ -121,11 +121,17 @@ def train_adapter(
             if pairs is not None:
                 j = torch.from_numpy(rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))).to(device)
                 cl = contrastive_loss(adapter.encode(pq[j], k_now), adapter.encode(pp[j], k_now), h, cfg.temperature)
-            elif cfg.augment_noise > 0:
-                noise = torch.randn_like(xb) * (cfg.augment_noise / math.sqrt(d)) * xb.norm(dim=1, keepdim=True)
-                cl = contrastive_loss((values, indices), adapter.encode(xb + noise, k_now), h, cfg.temperature)
             elif cfg.teacher_temperature > 0:
-                cl = distillation_loss((values, indices), xb, h, cfg.temperature, cfg.teacher_temperature)
+                if cfg.augment_noise > 0:  # noisy views stand in for unseen queries
+                    xa = _perturb(xb, cfg.augment_noise)
+                    cl = distillation_loss(adapter.encode(xa, k_now), (values, indices), xa, xb, h,
+                                           cfg.temperature, cfg.teacher_temperature, skip_diagonal=False)
+                else:
+                    cl = distillation_loss((values, indices), (values, indices), xb, xb, h,
+                                           cfg.temperature, cfg.teacher_temperature, skip_diagonal=True)
+            elif cfg.augment_noise > 0:
+                cl = contrastive_loss((values, indices), adapter.encode(_perturb(xb, cfg.augment_noise), k_now), h,
+                                      cfg.temperature)
             else:
                 cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature)
             loss = loss + cfg.gamma * cl
@@ -195,3 +201,8 @@ def _annealed_k(k: int, k_start: int, step: int, anneal_steps: int) -> int:
     if anneal_steps <= 0 or step >= anneal_steps:
         return k
     return int(round(k_start + (k - k_start) * step / anneal_steps))
+
+
+def _perturb(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` plus isotropic Gaussian noise of norm about ``scale * ||x||``."""
+    return x + torch.randn_like(x) * (scale / math.sqrt(x.shape[1])) * x.norm(dim=1, keepdim=True)

@@ -30,10 +30,12 @@ def unit_rows(m: np.ndarray) -> np.ndarray:
 
 
 def reference_code_scores(index, xq, k=None) -> np.ndarray:
-    """score='code': query code . doc code (cosine of codes under metric='cosine');
-    only docs sharing at least one active latent with the query are results."""
-    q = index.encode(xq, k).to_dense().astype(np.float64)
-    docs = index.codes().to_dense().astype(np.float64)
+    """score='code': query code . doc code, each latent weighted by the adapter's latent
+    weight (cosine of the weighted codes under metric='cosine'); only docs sharing at
+    least one active latent with the query are results."""
+    w = index.adapter.latent_weight.numpy().astype(np.float64)
+    q = index.encode(xq, k).to_dense().astype(np.float64) * w
+    docs = index.codes().to_dense().astype(np.float64) * w
     shares = ((q > 0).astype(float) @ (docs > 0).T.astype(float)) > 0
     if index.metric == "cosine":
         q, docs = unit_rows(q), unit_rows(docs)
@@ -261,6 +263,26 @@ def test_several_add_batches_equal_one_batch(make_index, corpus, queries):
         D1, I1 = many.search(queries, 10, **kwargs)
         np.testing.assert_array_equal(I1, I0)
         np.testing.assert_allclose(D1, D0, rtol=1e-5, atol=1e-6)
+
+
+def test_code_vectors_inner_product_is_the_code_score(filled_index, queries):
+    D, I = filled_index.search(queries, 10, score="code")
+    docs = filled_index.code_vectors().to_scipy()
+    q = filled_index.query_code_vectors(queries).to_scipy()
+    rows = {int(i): r for r, i in enumerate(filled_index.ids)}
+    dense = (q @ docs.T).toarray()
+    for qi in range(len(queries)):
+        got = [dense[qi, rows[int(i)]] for i in I[qi] if i >= 0]
+        np.testing.assert_allclose(got, D[qi][: len(got)], rtol=1e-5, atol=1e-6)
+
+
+def test_idf_weights_lower_the_busiest_latents(filled_index):
+    w = filled_index.adapter.latent_weight.numpy()
+    codes = filled_index.codes()
+    df = np.bincount(codes.indices[codes.values > 0].astype(np.int64), minlength=filled_index.h)
+    used = df > 0
+    assert w[used].min() < w[used].max()
+    assert w[np.argmax(df)] == w[used].min()
 
 
 def test_add_between_searches_is_seen(index, corpus, queries):

@@ -43,7 +43,7 @@ def adapter_sha256(index: "CSRIndex") -> str:
 
 
 def _values(index: "CSRIndex") -> str:
-    return "l2-normalized" if index.metric == "cosine" else "raw"
+    return "weighted, l2-normalized" if index.metric == "cosine" else "weighted"
 
 
 def index_metadata(

@@ -104,9 +104,7 @@ def search(
             log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", target.describe(),
                         vector_name)
 
-    codes = index.encode(xq, k)  # k=None: the index's k
-    if index.metric == "cosine":
-        codes = codes.normalized()
+    codes = index.query_code_vectors(xq, k)  # k=None: the index's k
     sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
     D = np.full((nq, candidates), -np.inf, dtype=np.float32)
     I = np.full((nq, candidates), -1, dtype=np.int64)

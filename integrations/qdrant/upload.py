@@ -156,8 +156,8 @@ def export(
             table = table.append_column(keys_field, pa.array(key_list, type=pa.string()))
     meta = index_metadata(index, vector_name, dense_vector_name if dense_vectors is not None else None)
     return export_codes(
-        index.codes(), ids, client, collection_name,
-        normalize=index.metric == "cosine",
+        index.code_vectors(), ids, client, collection_name,
+        normalize=False,  # code_vectors() are already weighted and, under cosine, normalised
         payload=table if table is not None else dicts,
         dense_vectors=dense_vectors,
         vector_name=vector_name, dense_vector_name=dense_vector_name, idf=idf,
