@@ -25,23 +25,25 @@ class CSRConfig:
     """The second TopK term reconstructs with ``multi_k_factor * k`` latents (paper: 4)."""
     multi_k_weight: float = 1 / 8
     """Weight of that second term (paper: 1/8)."""
-    k_anneal: float = 0.0
-    """Fraction of training during which k decreases linearly from ``multi_k_factor * k`` to k."""
+    nested_k: tuple[int, ...] = ()
+    """Smaller budgets k' < k whose code prefixes (the k' largest entries) are also trained to
+    reconstruct (and, with distillation, to rank): one model for every query budget (adaptive k)."""
     beta: float = 1 / 32
     """Weight of the AuxK loss (paper: 1/32)."""
-    gamma: float = 0.1
-    """Weight of the contrastive loss, relative to the normalised reconstruction loss."""
+    contrastive: str = "distill"
+    """Unsupervised contrastive term. 'distill': the code cosines of a batch must rank its other
+    vectors as their dense cosines do (relational distillation). 'infonce': the paper's in-batch
+    InfoNCE with each vector as its own positive, which only spreads codes apart. With
+    ``pairs`` the term is always supervised InfoNCE."""
+    gamma: float = 1.0
+    """Weight of the contrastive term, relative to the normalised reconstruction loss."""
     temperature: float = 0.2
     """InfoNCE temperature on L2-normalised codes (paper: 0.2)."""
-    teacher_temperature: float = 0.0
-    """> 0: soft contrastive targets from dense cosine similarities at this temperature; 0: identity targets."""
-    mixup: float = 0.0
-    """Fraction of each reconstruction batch replaced by norm-preserving mixes of two training vectors."""
-    augment_noise: float = 0.0
-    """> 0: unsupervised positives are noisy copies ``x + noise`` with ``||noise|| ~ augment_noise * ||x||``."""
+    distill_temperature: float = 0.1
+    """Temperature of both the dense (teacher) and the code (student) similarities in 'distill'."""
     dead_after: int = 20_000
     """A latent is dead when it has not fired for this many training samples."""
-    lr: float = 4e-4
+    lr: float = 1e-3
     """Adam learning rate (peak, after warm-up)."""
     adam_eps: float = 6.25e-10
     """Adam epsilon (paper)."""
@@ -67,13 +69,18 @@ class CSRConfig:
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
 
     def __post_init__(self) -> None:
+        self.nested_k = tuple(int(v) for v in self.nested_k)
+        if any(v < 1 for v in self.nested_k):
+            raise ValueError(f"CSRConfig.nested_k must hold positive budgets, got {self.nested_k}")
         for name in ("steps", "min_steps", "max_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"CSRConfig.{name} must be a positive integer, got {value!r}")
         if self.min_steps > self.max_steps:
             raise ValueError(f"CSRConfig.min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
-        for name in ("lr", "temperature"):
+        if self.contrastive not in ("distill", "infonce"):
+            raise ValueError(f"CSRConfig.contrastive must be 'distill' or 'infonce', got {self.contrastive!r}")
+        for name in ("lr", "temperature", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")
 

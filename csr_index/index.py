@@ -17,7 +17,9 @@ from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .errors import CorruptIndexError, NotTrainedError
 from .model import SparseAdapter
-from .search import SparseScorer, rerank_exact, score_rows, top_entries
+from .engines import SearchEngine, make_engine, resolve_engine_name
+from .engines.rerank import rerank_topn
+from .search import rerank_exact, score_rows, top_entries
 from .storage import IndexFiles, fixed_size_column, read_index, read_manifest, write_index
 from .train import train_adapter
 from .validation import as_ids, as_matrix, check_k
@@ -49,6 +51,9 @@ class CSRIndex:
         ``load``) so ``search`` can re-rank its shortlist exactly (as faiss IndexRefineFlat).
     values_dtype: ``"float32"`` or ``"float16"`` for stored code values.
     config: training hyper-parameters; its ``h`` and ``k`` are overridden by the arguments.
+    engine: the search engine (see :mod:`csr_index.engines`): ``"auto"`` (torch on CUDA,
+        else the numba inverted index), ``"inverted"``, ``"pruned"`` (approximate),
+        ``"torch"`` or ``"scipy"``; options with :meth:`set_engine`. Not saved with the index.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class CSRIndex:
         values_dtype: str = "float32",
         config: CSRConfig | None = None,
         progress: bool = False,
+        engine: str = "auto",
     ) -> None:
         self.d = check_k(d, 1 << 20, "d")
         self.h = check_k(h if h is not None else 4 * self.d, 1 << 32, "h")
@@ -76,6 +82,8 @@ class CSRIndex:
         base = config if config is not None else CSRConfig()
         self.config = CSRConfig.from_dict({**base.to_dict(), "h": self.h, "k": self.k})
         self.progress = progress
+        resolve_engine_name(engine, "cpu")  # reject an unknown name now, not at the first search
+        self._engine_spec: tuple[str, dict[str, Any]] = (engine, {})
         self.adapter: SparseAdapter | None = None
         self.train_stats: dict[str, Any] = {}
         self.reset()
@@ -91,7 +99,7 @@ class CSRIndex:
         self._vectors = np.empty((0, self.d), dtype=np.float16) if self.store_vectors else None
         self._keys: list[str | None] | None = None
         self._pending: list[tuple[np.ndarray, SparseCodes, np.ndarray, np.ndarray | None, list | None]] = []
-        self._scorer: SparseScorer | None = None
+        self._scorer: SearchEngine | None = None
         self._doc_scales: dict[str, np.ndarray | None] | None = None
         self._row_of: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -354,6 +362,26 @@ class CSRIndex:
         return weighted.normalized() if self.metric == "cosine" else weighted
 
     # ---------------------------------------------------------------- search
+    def set_engine(self, engine: str = "auto", **options: Any) -> "CSRIndex":
+        """Choose the search engine and its options (see :mod:`csr_index.engines`), e.g.
+        ``index.set_engine("pruned", query_cut=8, candidates=500)``; built at the next search.
+        Returns ``self``.
+        """
+        resolve_engine_name(engine, options.get("device", "cpu"))
+        self._engine_spec = (engine, dict(options))
+        self._scorer = None
+        return self
+
+    @property
+    def engine(self) -> SearchEngine:
+        """The search engine over the stored codes (built on first use)."""
+        self._flush()
+        if self._scorer is None:
+            name, options = self._engine_spec
+            self._scorer = make_engine(name, self._codes, **options)
+            log.info("search engine: %r", self._scorer)
+        return self._scorer
+
     def search(
         self,
         x: Any,
@@ -392,15 +420,13 @@ class CSRIndex:
         self._flush()
         if self.ntotal == 0:
             return _empty(len(xq), topk)
-        if self._scorer is None:
-            self._scorer = SparseScorer(self._codes)
         shortlist = max(topk, rerank)
         if isinstance(queries, SparseCodes):
-            D, rows = self._scorer.search_sparse(queries.to_scipy(), shortlist, scale, offset)
+            D, rows = self.engine.search_sparse(queries, shortlist, scale, offset)
         else:
-            D, rows = self._scorer.search_dense(queries, shortlist, scale, offset)
+            D, rows = self.engine.search_dense(queries, shortlist, scale, offset)
         if rerank:
-            D, rows = rerank_exact(xq, rows, self._vectors, topk)
+            D, rows = rerank_topn(xq, rows, self._vectors, topk)
         else:
             D, rows = D[:, :topk], rows[:, :topk]
         return D, self._ids_of_rows(rows)

@@ -74,28 +74,17 @@ def contrastive_loss(
 
 
 def distillation_loss(
-    codes_a: tuple[torch.Tensor, torch.Tensor],
-    codes_b: tuple[torch.Tensor, torch.Tensor],
-    xa: torch.Tensor,
-    xb: torch.Tensor,
-    h: int,
-    temperature: float,
-    teacher_temperature: float,
-    skip_diagonal: bool,
+    codes: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, h: int, temperature: float
 ) -> torch.Tensor:
-    """Relational distillation: code cosines should rank batch items the way dense cosines do.
+    """Relational distillation: code cosines should rank the *other* batch items as dense cosines do.
 
-    For each row i, cross-entropy between softmax_j(cos(xa_i, xb_j) / t_teacher) and
-    softmax_j(cos(za_i, zb_j) / t). With ``skip_diagonal`` (a = b) the pair (i, i) is left
-    out: a vector is its own nearest neighbour, which would otherwise swamp the target.
+    For each row i, cross-entropy between softmax_j(cos(x_i, x_j) / t) (the teacher) and
+    softmax_j(cos(z_i, z_j) / t) over j != i. The pair (i, i) is left out: a vector is its
+    own nearest neighbour, which would otherwise swamp the target.
     """
-    teacher = F.normalize(xa, dim=-1) @ F.normalize(xb, dim=-1).T / teacher_temperature
-    student = code_cosines(codes_a, codes_b, h) / temperature
-    if skip_diagonal:
-        eye = torch.eye(xa.shape[0], dtype=torch.bool, device=xa.device)
-        teacher = teacher.masked_fill(eye, float("-inf"))
-        student = student.masked_fill(eye, float("-inf"))
-    log_p = F.log_softmax(student, dim=1)
-    if skip_diagonal:
-        log_p = log_p.masked_fill(eye, 0.0)
+    xn = F.normalize(x, dim=-1)
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    teacher = (xn @ xn.T / temperature).masked_fill(eye, float("-inf"))
+    student = (code_cosines(codes, codes, h) / temperature).masked_fill(eye, float("-inf"))
+    log_p = F.log_softmax(student, dim=1).masked_fill(eye, 0.0)
     return -(torch.softmax(teacher, dim=1) * log_p).sum(1).mean()

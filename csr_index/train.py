@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import CSRConfig
@@ -54,12 +54,11 @@ def train_adapter(
 
     ``pairs`` = (queries, positives), two (m, d) arrays: the contrastive term then
     pulls each query's code towards its positive's code (supervised InfoNCE) and
-    the queries join the reconstruction batches. Without pairs the term is the
-    paper's unsupervised one: in-batch codes are pushed apart (optionally with soft
-    targets from dense similarities, ``config.teacher_temperature``).
+    the queries join the reconstruction batches. Without pairs it is
+    ``config.contrastive``: relational distillation (default) or the paper's InfoNCE.
+    ``callback(step, adapter)`` runs every ``callback_every`` steps (e.g. to draw a
+    quality curve); the adapter is in eval mode during the call.
     """
-    import time
-
     cfg = config
     k = cfg.k
     k_multi = min(h, cfg.multi_k_factor * k)
@@ -102,36 +101,30 @@ def train_adapter(
         idx = torch.from_numpy(order[cursor : cursor + batch]).to(device)
         cursor += batch
         xb = data[idx]
-        if cfg.mixup > 0:
-            xb = _mixup(xb, cfg.mixup)
 
         pre = adapter.preactivations(xb)
-        k_now = _annealed_k(k, k_multi, step, int(cfg.k_anneal * steps))
-        values, indices = adapter.topk(pre, k_now)
+        values, indices = adapter.topk(pre, k)
         x_hat = adapter.decode(values, indices)
         loss_k = fvu(xb, x_hat)
         loss = loss_k
         if cfg.multi_k_weight > 0 and k_multi > k:
             values_m, indices_m = adapter.topk(pre, k_multi)
             loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
+        prefixes = [kp for kp in cfg.nested_k if kp < k]
+        for kp in prefixes:  # Matryoshka-style: every prefix of the code must reconstruct too
+            loss = loss + fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp])) / len(prefixes)
         dead = since_fired > cfg.dead_after
         if cfg.beta > 0:
             loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - x_hat).detach(), k_aux)
         if cfg.gamma > 0:
             if pairs is not None:
                 j = torch.from_numpy(rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))).to(device)
-                cl = contrastive_loss(adapter.encode(pq[j], k_now), adapter.encode(pp[j], k_now), h, cfg.temperature)
-            elif cfg.teacher_temperature > 0:
-                if cfg.augment_noise > 0:  # noisy views stand in for unseen queries
-                    xa = _perturb(xb, cfg.augment_noise)
-                    cl = distillation_loss(adapter.encode(xa, k_now), (values, indices), xa, xb, h,
-                                           cfg.temperature, cfg.teacher_temperature, skip_diagonal=False)
-                else:
-                    cl = distillation_loss((values, indices), (values, indices), xb, xb, h,
-                                           cfg.temperature, cfg.teacher_temperature, skip_diagonal=True)
-            elif cfg.augment_noise > 0:
-                cl = contrastive_loss((values, indices), adapter.encode(_perturb(xb, cfg.augment_noise), k_now), h,
-                                      cfg.temperature)
+                cl = contrastive_loss(adapter.encode(pq[j], k), adapter.encode(pp[j], k), h, cfg.temperature)
+            elif cfg.contrastive == "distill":
+                cl = distillation_loss((values, indices), xb, h, cfg.distill_temperature)
+                for kp in prefixes:
+                    prefix = (values[:, :kp], indices[:, :kp])
+                    cl = cl + distillation_loss(prefix, xb, h, cfg.distill_temperature) / len(prefixes)
             else:
                 cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature)
             loss = loss + cfg.gamma * cl
@@ -181,28 +174,3 @@ def train_adapter(
         history=history,
     )
 
-
-def _mixup(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Replace the first ``fraction`` of rows by random convex mixes of two rows, keeping norms."""
-    m = int(round(fraction * x.shape[0]))
-    if m == 0:
-        return x
-    partner = torch.randint(0, x.shape[0], (m,), device=x.device)
-    lam = torch.rand(m, 1, device=x.device)
-    a, b = x[:m], x[partner]
-    mixed = lam * a + (1 - lam) * b
-    target_norm = lam * a.norm(dim=1, keepdim=True) + (1 - lam) * b.norm(dim=1, keepdim=True)
-    mixed = mixed * (target_norm / mixed.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    return torch.cat([mixed, x[m:]])
-
-
-def _annealed_k(k: int, k_start: int, step: int, anneal_steps: int) -> int:
-    """k decreasing linearly from ``k_start`` to ``k`` over the first ``anneal_steps`` steps."""
-    if anneal_steps <= 0 or step >= anneal_steps:
-        return k
-    return int(round(k_start + (k - k_start) * step / anneal_steps))
-
-
-def _perturb(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x`` plus isotropic Gaussian noise of norm about ``scale * ||x||``."""
-    return x + torch.randn_like(x) * (scale / math.sqrt(x.shape[1])) * x.norm(dim=1, keepdim=True)

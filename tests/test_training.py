@@ -241,8 +241,8 @@ def test_training_with_pairs(corpus, tiny_config):
 @pytest.mark.parametrize(
     "overrides",
     [
-        dict(augment_noise=0.1),
-        dict(teacher_temperature=0.05),
+        dict(contrastive="infonce", gamma=0.1),
+        dict(nested_k=(2, 4)),
         dict(gamma=0.0),
         dict(beta=0.5, dead_after=10),  # latents die quickly: the AuxK term is active
         dict(pre_bias_init="zero"),

@@ -4,9 +4,10 @@ Qdrant stores each code as a named sparse vector and scores a query by the dot
 product over an exact inverted index, the same computation as
 ``CSRIndex.search(score="code")``. So that the two agree:
 
-* under ``metric="cosine"`` the codes are uploaded L2-normalised (and queries are
-  sent normalised): their dot product is the cosine of the codes, which is what the
-  index computes; under ``metric="ip"`` raw codes are sent;
+* documents are uploaded as ``index.code_vectors()`` and queries sent as
+  ``index.query_code_vectors(xq)``: codes weighted by the adapter's latent weights and,
+  under ``metric="cosine"``, L2-normalised, so their dot product is exactly the
+  index's code score;
 * point ids are the index's int64 ids, so re-running an export upserts the same
   points (no duplicates) and can skip the ones already present (resume);
 * every vector is validated before anything is sent: finite values, unique

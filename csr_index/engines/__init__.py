@@ -1,0 +1,68 @@
+"""Search engines behind one interface (:class:`SearchEngine`); :class:`csr_index.CSRIndex` picks one.
+
+=========== ======= ==========================================================================
+name        exact   what it is
+=========== ======= ==========================================================================
+``scipy``   yes     the reference: scipy SpGEMM over posting lists + argpartition, one thread
+``inverted`` yes    numba term-at-a-time over posting lists + heap top-n, threads over queries
+``pruned``  no      Seismic-style: pruned query + pruned posting lists -> shortlist -> exact
+``torch``   yes     ``torch.sparse_csr_tensor`` @ dense queries + ``topk``; CUDA or CPU tensors
+=========== ======= ==========================================================================
+
+``"auto"`` is ``torch`` on a CUDA device, else ``inverted``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..codes import SparseCodes
+from .base import SearchEngine
+from .inverted import InvertedIndexEngine
+from .pruned import PrunedEngine
+from .reference import ScipyEngine
+from .torch_csr import TorchCSREngine
+
+__all__ = [
+    "SearchEngine",
+    "ScipyEngine",
+    "InvertedIndexEngine",
+    "PrunedEngine",
+    "TorchCSREngine",
+    "ENGINES",
+    "make_engine",
+    "resolve_engine_name",
+]
+
+ENGINES: dict[str, type[SearchEngine]] = {
+    cls.name: cls for cls in (ScipyEngine, InvertedIndexEngine, PrunedEngine, TorchCSREngine)
+}
+
+
+def resolve_engine_name(name: str, device: str | None = None) -> str:
+    """The engine ``"auto"`` stands for: ``torch`` when ``device`` (default: CUDA if available)
+    is a CUDA device, else ``inverted``. Other names are checked and returned unchanged."""
+    if name == "auto":
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "torch" if torch.device(device).type == "cuda" else "inverted"
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {['auto', *ENGINES]}")
+    return name
+
+
+def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
+    """Build engine ``name`` (see the table above) over ``codes`` with its ``options``
+    (e.g. ``make_engine("pruned", codes, query_cut=8, candidates=500)``)."""
+    resolved = resolve_engine_name(name, options.get("device"))
+    cls = ENGINES[resolved]
+    if name == "auto" and resolved != "torch":
+        options = {k: v for k, v in options.items() if k != "device"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "codes"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"engine {resolved!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+    return cls(codes, **options)

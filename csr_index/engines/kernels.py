@@ -1,0 +1,299 @@
+"""Compiled (numba) kernels shared by the CPU engines.
+
+Every kernel works on plain arrays: posting lists in CSR form (``indptr`` over
+latents, ``docs`` int32, ``vals`` float32 or float16 bits as uint16 read through
+``LUT``), a forward index (``fwd_idx`` (n, k) uint16/uint32 latent ids, ``fwd_val``
+(n, k)), and queries in CSR form (``qptr``, ``qlat``, ``qval``) or dense (nq, h).
+An empty ``offset`` / ``scale`` array means "none". Results go to ``out_d`` /
+``out_i`` (nq, topn), sorted descending, padded with (-inf, -1).
+
+Batches are split into one contiguous chunk of queries per thread; each chunk
+allocates its scratch (accumulator, marks, heaps) once. A single query runs the
+serial kernel, with no thread-pool hand-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+__all__ = [
+    "LUT",
+    "half_lut",
+    "postings_topn",
+    "forward_topn",
+    "pruned_topn",
+]
+
+
+def half_lut() -> np.ndarray:
+    """float32 value of every float16 bit pattern (numba cannot read float16 arrays)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+LUT = half_lut()
+
+
+def _value(vals, lut, e):
+    """Entry ``e`` of ``vals`` as float32: plain float32 values, or float16 bits through ``lut``."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_value, inline="always")
+def _value_impl(vals, lut, e):
+    if isinstance(vals.dtype, types.Float):
+        return lambda vals, lut, e: np.float32(vals[e])
+    return lambda vals, lut, e: lut[vals[e]]
+
+
+@njit(cache=True, inline="always")
+def _heap_push(hv, hi, size, v, i):
+    """Push (v, i) on a min-heap of capacity len(hv) holding ``size`` items; returns the new size."""
+    cap = hv.shape[0]
+    if size < cap:
+        pos = size
+        size += 1
+    elif v > hv[0]:
+        pos = 0
+        # sift the hole at the root down, as if the root were removed
+        while True:
+            child = 2 * pos + 1
+            if child >= cap:
+                break
+            if child + 1 < cap and hv[child + 1] < hv[child]:
+                child += 1
+            if hv[child] >= v:
+                break
+            hv[pos] = hv[child]
+            hi[pos] = hi[child]
+            pos = child
+        hv[pos] = v
+        hi[pos] = i
+        return size
+    else:
+        return size
+    while pos > 0:  # sift up a new leaf
+        parent = (pos - 1) >> 1
+        if hv[parent] <= v:
+            break
+        hv[pos] = hv[parent]
+        hi[pos] = hi[parent]
+        pos = parent
+    hv[pos] = v
+    hi[pos] = i
+    return size
+
+
+@njit(cache=True)
+def _emit(hv, hi, size, out_d, out_i):
+    """Write the heap's items sorted by descending value, then (-inf, -1) padding."""
+    order = np.argsort(-hv[:size], kind="mergesort")
+    for r in range(size):
+        out_d[r] = hv[order[r]]
+        out_i[r] = hi[order[r]]
+    for r in range(size, out_d.shape[0]):
+        out_d[r] = -np.inf
+        out_i[r] = -1
+
+
+@njit(cache=True, inline="always")
+def _query_offset(offset, q):
+    return offset[q] if offset.shape[0] > 0 else np.float32(0.0)
+
+
+@njit(cache=True, inline="always")
+def _offer(hv, hi, size, v, i):
+    """Push (v, i) only when it can enter the heap: most docs fail this one comparison.
+    (Branches hoisted out of the per-doc loop measured 5x faster than a generic helper.)"""
+    if size < hv.shape[0] or v > hv[0]:
+        return _heap_push(hv, hi, size, v, i)
+    return size
+
+
+@njit(cache=True)
+def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched):
+    """Term at a time: add the first ``cut`` query terms' products over at most ``limit``
+    entries of each posting list; returns the number of docs touched (listed in ``touched``)."""
+    nt = 0
+    stop = min(qptr[q + 1], qptr[q] + cut)
+    for p in range(qptr[q], stop):
+        lat = qlat[p]
+        w = qval[p]
+        start = indptr[lat]
+        end = min(indptr[lat + 1], start + limit)
+        for e in range(start, end):
+            d = docs[e]
+            if mark[d] == 0:
+                mark[d] = 1
+                touched[nt] = d
+                nt += 1
+            acc[d] += w * _value(vals, lut, e)
+    return nt
+
+
+@njit(cache=True)
+def _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i):
+    acc = np.zeros(n, dtype=np.float32)
+    mark = np.zeros(n, dtype=np.uint8)
+    touched = np.empty(n, dtype=np.int32)
+    topn = out_d.shape[1]
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    has_scale = scale.shape[0] > 0
+    for q in range(q0, q1):
+        off = _query_offset(offset, q)
+        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
+        size = 0
+        for t in range(nt):
+            d = touched[t]
+            s = acc[d] + off
+            if has_scale:
+                s *= scale[d]
+            size = _offer(hv, hi, size, s, d)
+            acc[d] = 0.0
+            mark[d] = 0
+        _emit(hv, hi, size, out_d[q], out_i[q])
+
+
+@njit(cache=True, parallel=True)
+def _postings_parallel(nchunks, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i):
+    nq = qptr.shape[0] - 1
+    for c in prange(nchunks):
+        q0 = c * nq // nchunks
+        q1 = (c + 1) * nq // nchunks
+        _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+
+
+def postings_topn(
+    threads: int, qptr, qlat, qval, cut: int, limit: int, indptr, docs, vals, lut, n: int, offset, scale, out_d, out_i
+) -> None:
+    """Top-n by term-at-a-time scoring over posting lists (exact when cut and limit are unbounded)."""
+    nq = len(qptr) - 1
+    nchunks = min(threads, nq)
+    if nchunks <= 1:
+        _postings_chunk(0, nq, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+    else:
+        _postings_parallel(nchunks, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+
+
+@njit(cache=True, inline="always")
+def _forward_score(qdense, fwd_idx, fwd_val, lut, d):
+    s = np.float32(0.0)
+    for j in range(fwd_idx.shape[1]):
+        s += qdense[fwd_idx[d, j]] * _value(fwd_val[d], lut, j)
+    return s
+
+
+@njit(cache=True)
+def _forward_chunk(q0, q1, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i):
+    topn = out_d.shape[1]
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    has_scale = scale.shape[0] > 0
+    for q in range(q0, q1):
+        qdense = queries[q]
+        off = _query_offset(offset, q)
+        size = 0
+        for d in range(fwd_idx.shape[0]):
+            s = _forward_score(qdense, fwd_idx, fwd_val, lut, d) + off
+            if has_scale:
+                s *= scale[d]
+            size = _offer(hv, hi, size, s, d)
+        _emit(hv, hi, size, out_d[q], out_i[q])
+
+
+@njit(cache=True, parallel=True)
+def _forward_parallel(nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i):
+    nq = queries.shape[0]
+    for c in prange(nchunks):
+        _forward_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+
+
+def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i) -> None:
+    """Top-n of dense queries (nq, h) by scanning the forward index (every doc scored)."""
+    nq = queries.shape[0]
+    nchunks = min(threads, nq)
+    if nchunks <= 1:
+        _forward_chunk(0, nq, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+    else:
+        _forward_parallel(nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+
+
+@njit(cache=True)
+def _pruned_chunk(
+    q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
+    indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
+):
+    acc = np.zeros(n, dtype=np.float32)
+    mark = np.zeros(n, dtype=np.uint8)
+    touched = np.empty(n, dtype=np.int32)
+    qdense = np.zeros(h, dtype=np.float32)
+    topn = out_d.shape[1]
+    cv = np.empty(candidates, dtype=np.float32)
+    ci = np.empty(candidates, dtype=np.int64)
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    has_scale = scale.shape[0] > 0
+    for q in range(q0, q1):
+        off = _query_offset(offset, q)
+        # 1. shortlist: partial scores from the pruned query over pruned posting lists
+        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
+        csize = 0
+        for t in range(nt):
+            d = touched[t]
+            s = acc[d] + off
+            if has_scale:
+                s *= scale[d]
+            csize = _offer(cv, ci, csize, s, d)
+            acc[d] = 0.0
+            mark[d] = 0
+        # 2. exact scores of the shortlist with the whole query, from the forward index
+        if dense.shape[0] > 0:
+            qrow = dense[q]
+        else:
+            for p in range(qptr[q], qptr[q + 1]):
+                qdense[qlat[p]] = qval[p]
+            qrow = qdense
+        size = 0
+        for c in range(csize):
+            d = ci[c]
+            s = _forward_score(qrow, fwd_idx, fwd_val, lut, d) + off
+            if has_scale:
+                s *= scale[d]
+            size = _offer(hv, hi, size, s, d)
+        if dense.shape[0] == 0:
+            for p in range(qptr[q], qptr[q + 1]):
+                qdense[qlat[p]] = 0.0
+        _emit(hv, hi, size, out_d[q], out_i[q])
+
+
+@njit(cache=True, parallel=True)
+def _pruned_parallel(
+    nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
+    indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
+):
+    nq = qptr.shape[0] - 1
+    for c in prange(nchunks):
+        _pruned_chunk(
+            c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
+            indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
+        )
+
+
+def pruned_topn(
+    threads: int, qptr, qlat, qval, dense, cut: int, limit: int, candidates: int,
+    indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, out_d, out_i,
+) -> None:
+    """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
+    over the first ``limit`` entries of each posting list, then return the top-n of the
+    shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
+    dense query ``dense`` (nq, h) when it is not empty, against the forward index."""
+    nq = len(qptr) - 1
+    nchunks = min(threads, nq)
+    args = (qptr, qlat, qval, dense, cut, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+            offset, scale, out_d, out_i)
+    if nchunks <= 1:
+        _pruned_chunk(0, nq, *args)
+    else:
+        _pruned_parallel(nchunks, *args)

@@ -1,0 +1,106 @@
+"""Exact re-ranking of a shortlist against the dense originals: R * d work per query, not N * d.
+
+The originals may be float32, float16 (as :class:`CSRIndex` stores them, memory-mapped
+after ``load``) or int8 with one float32 scale per vector (:func:`quantize_int8`: 4x
+smaller than float32, 2x smaller than float16). Only the R candidate rows of each
+query are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .base import check_topn, empty_result
+from .kernels import LUT, _emit, _offer
+
+__all__ = ["quantize_int8", "rerank_topn"]
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-vector int8 quantisation: ``x ~= codes * scales[:, None]``.
+
+    Returns codes int8 (n, d) and scales float32 (n,) (``max |x_i| / 127``; 0 for a zero row).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array (n, d), got shape {x.shape}")
+    scales = np.abs(x).max(axis=1) / 127.0
+    inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
+    codes = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
+    return codes, scales.astype(np.float32)
+
+
+@njit(cache=True)
+def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
+    topn = out_d.shape[1]
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    d = queries.shape[1]
+    use_lut = lut.shape[0] > 0
+    use_scale = scales.shape[0] > 0
+    for q in range(q0, q1):
+        size = 0
+        for r in range(cand.shape[1]):
+            row = cand[q, r]
+            if row < 0:
+                continue
+            s = np.float32(0.0)
+            if use_lut:
+                for j in range(d):
+                    s += queries[q, j] * lut[vectors[row, j]]
+            else:
+                for j in range(d):
+                    s += queries[q, j] * np.float32(vectors[row, j])
+            if use_scale:
+                s *= scales[row]
+            size = _offer(hv, hi, size, s, row)
+        _emit(hv, hi, size, out_d[q], out_i[q])
+
+
+@njit(cache=True, parallel=True)
+def _rerank_parallel(nchunks, queries, cand, vectors, lut, scales, out_d, out_i):
+    nq = queries.shape[0]
+    for c in prange(nchunks):
+        _rerank_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, queries, cand, vectors, lut, scales, out_d, out_i)
+
+
+def rerank_topn(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    vectors: np.ndarray,
+    topn: int,
+    scales: np.ndarray | None = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``topn`` of each query's candidate rows (nq, R; -1 = none) by exact inner
+    product with ``vectors`` (n, d) float32 / float16 / int8 (int8 needs ``scales``).
+
+    Returns (D float32, rows int64), both (nq, topn), sorted descending, padded with
+    (-inf, -1). A row listed twice for one query is returned twice.
+    """
+    topn = check_topn(topn)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    cand = np.ascontiguousarray(candidates, dtype=np.int64)
+    if q.ndim != 2 or cand.ndim != 2 or cand.shape[0] != q.shape[0]:
+        raise ValueError(f"queries (nq, d) and candidates (nq, R) do not match: {q.shape}, {cand.shape}")
+    if vectors.ndim != 2 or vectors.shape[1] != q.shape[1]:
+        raise ValueError(f"vectors must have shape (n, {q.shape[1]}), got {vectors.shape}")
+    if cand.size and int(cand.max()) >= vectors.shape[0]:
+        raise ValueError(f"a candidate row exceeds the {vectors.shape[0]} stored vectors")
+    lut = np.empty(0, dtype=np.float32)
+    if vectors.dtype == np.float16:
+        vectors, lut = vectors.view(np.uint16), LUT
+    elif vectors.dtype == np.int8:
+        if scales is None or np.shape(scales) != (vectors.shape[0],):
+            raise ValueError("int8 vectors need one float32 scale per vector (see quantize_int8)")
+    elif vectors.dtype != np.float32:
+        raise ValueError(f"vectors must be float32, float16 or int8, got {vectors.dtype}")
+    sc = np.empty(0, dtype=np.float32) if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
+    out_d, out_i = empty_result(len(q), topn)
+    nchunks = max(1, min(int(threads), len(q)))
+    if nchunks == 1:
+        _rerank_chunk(0, len(q), q, cand, vectors, lut, sc, out_d, out_i)
+    else:
+        _rerank_parallel(nchunks, q, cand, vectors, lut, sc, out_d, out_i)
+    return out_d, out_i

@@ -1,0 +1,348 @@
+"""Search engines against a brute-force float64 reference, and through CSRIndex.
+
+Exact engines must return the reference's best scores (tie-tolerant: the returned
+scores equal the reference's top scores, and every returned row has the score it is
+reported with); the approximate ``pruned`` engine must report exact scores for what it
+returns and find most of the true top-n.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from csr_index import SparseCodes
+from csr_index.engines import ENGINES, PrunedEngine, make_engine, resolve_engine_name
+from csr_index.engines.base import sparse_query_arrays
+from csr_index.engines.kernels import half_lut
+from csr_index.engines.postings import Postings
+
+H = 96
+K = 8
+
+# (engine name, options): every configuration that must equal the reference
+EXACT = [
+    ("scipy", {}),
+    ("inverted", {}),
+    ("inverted", {"threads": 1}),
+    ("pruned", {"query_cut": None, "list_cut": None, "candidates": None}),
+    ("torch", {"device": "cpu"}),
+]
+
+
+def random_codes(n: int, h: int = H, k: int = K, seed: int = 0, empty_slots: bool = True,
+                 dtype=np.float32) -> SparseCodes:
+    """Codes like the adapter's: k distinct latents per row, values descending, some slots empty;
+    latent use is skewed (a few "hub" latents fire often, as measured on real codes)."""
+    rng = np.random.default_rng(seed)
+    popularity = rng.zipf(1.5, h).astype(float)
+    p = popularity / popularity.sum()
+    idx = np.stack([rng.choice(h, k, replace=False, p=p) for _ in range(n)]).astype(np.uint16)
+    val = np.sort(rng.exponential(size=(n, k)), axis=1)[:, ::-1]
+    if empty_slots:
+        val[:, k // 2 :] *= rng.random((n, k - k // 2)) < 0.7
+    return SparseCodes(idx, np.ascontiguousarray(val, dtype=dtype), h)
+
+
+def reference(queries, docs: SparseCodes, scale=None, offset=None) -> np.ndarray:
+    """All (nq, n) scores in float64; -inf for docs a sparse query cannot reach."""
+    z = docs.to_dense().astype(np.float64)
+    sparse = isinstance(queries, SparseCodes)
+    q = queries.to_dense().astype(np.float64) if sparse else np.asarray(queries, dtype=np.float64)
+    scores = q @ z.T
+    if offset is not None:
+        scores += np.asarray(offset, dtype=np.float64)[:, None]
+    if scale is not None:
+        scores *= np.asarray(scale, dtype=np.float64)[None, :]
+    if sparse:
+        scores[((q != 0).astype(float) @ (z != 0).T.astype(float)) == 0] = -np.inf
+    return scores
+
+
+def assert_matches(D: np.ndarray, rows: np.ndarray, ref: np.ndarray, topn: int, tol: float = 1e-4) -> None:
+    """Tie-tolerant equality with the reference's top ``topn``."""
+    assert D.shape == rows.shape == (ref.shape[0], topn)
+    assert D.dtype == np.float32 and rows.dtype == np.int64
+    best = -np.sort(-ref, axis=1)[:, :topn]
+    if best.shape[1] < topn:
+        best = np.pad(best, ((0, 0), (0, topn - best.shape[1])), constant_values=-np.inf)
+    assert np.array_equal(np.isfinite(best), rows >= 0), "result counts differ from the reference"
+    ok = rows >= 0
+    np.testing.assert_allclose(D[ok], best[ok], rtol=tol, atol=tol)
+    assert np.all(D[~ok] == -np.inf)
+    got = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
+    np.testing.assert_allclose(D[ok], got[ok], rtol=tol, atol=tol)
+    for r in rows:
+        valid = r[r >= 0]
+        assert len(np.unique(valid)) == len(valid), "a row is returned twice"
+
+
+@pytest.fixture(scope="module")
+def docs() -> SparseCodes:
+    return random_codes(700, seed=0)
+
+
+@pytest.fixture(scope="module")
+def queries() -> SparseCodes:
+    return random_codes(40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def extras(docs, queries):
+    rng = np.random.default_rng(2)
+    return rng.uniform(0.5, 2.0, docs.n).astype(np.float32), rng.standard_normal(queries.n).astype(np.float32)
+
+
+@pytest.mark.parametrize("name,options", EXACT, ids=lambda v: str(v))
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_exact_engines_sparse_queries(name, options, with_extras, docs, queries, extras):
+    scale, offset = extras if with_extras else (None, None)
+    engine = make_engine(name, docs, **options)
+    D, rows = engine.search_sparse(queries, 15, scale, offset)
+    assert_matches(D, rows, reference(queries, docs, scale, offset), 15)
+
+
+@pytest.mark.parametrize("name,options", EXACT, ids=lambda v: str(v))
+def test_exact_engines_dense_queries(name, options, docs, extras):
+    scale, _ = extras
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((25, H)).astype(np.float32)
+    offset = rng.standard_normal(25).astype(np.float32)
+    engine = make_engine(name, docs, **options)
+    D, rows = engine.search_dense(q, 12, scale, offset)
+    assert_matches(D, rows, reference(q, docs, scale, offset), 12)
+
+
+@pytest.mark.parametrize("name,options", EXACT, ids=lambda v: str(v))
+def test_padding_and_unreachable_docs(name, options):
+    """More results asked than docs exist, a query that reaches nothing, and negative terms."""
+    docs = random_codes(30, seed=4)
+    q = random_codes(3, seed=5)
+    values = q.values.copy()
+    values[1] = 0.0  # an all-empty query reaches no doc
+    values[2, 0] = -values[2, 0]  # negative query terms are allowed (asymmetric projections)
+    q = SparseCodes(q.indices, values, q.h)
+    D, rows = make_engine(name, docs, **options).search_sparse(q, 50)
+    assert_matches(D, rows, reference(q, docs), 50)
+    assert np.all(rows[1] == -1) and np.all(D[1] == -np.inf)
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_empty_engine(name):
+    docs = SparseCodes(np.empty((0, K), np.uint16), np.empty((0, K), np.float32), H)
+    engine = make_engine(name, docs)
+    D, rows = engine.search_sparse(random_codes(2, seed=6), 4)
+    assert D.shape == (2, 4) and np.all(rows == -1)
+    D, rows = engine.search_dense(np.ones((2, H), np.float32), 4)
+    assert np.all(rows == -1)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 60),
+    nq=st.integers(1, 9),
+    k=st.integers(1, 6),
+    topn=st.integers(1, 70),
+    seed=st.integers(0, 10_000),
+    threads=st.sampled_from([1, 2]),
+)
+def test_inverted_equals_brute_force(n, nq, k, topn, seed, threads):
+    """Invariant: the compiled inverted index is the brute force, whatever the shapes."""
+    docs = random_codes(n, h=16, k=k, seed=seed)
+    q = random_codes(nq, h=16, k=k, seed=seed + 1)
+    scale = np.random.default_rng(seed).uniform(0.1, 3.0, n).astype(np.float32)
+    D, rows = make_engine("inverted", docs, threads=threads).search_sparse(q, topn, scale)
+    assert_matches(D, rows, reference(q, docs, scale), topn)
+
+
+def test_threads_give_identical_results(docs, queries):
+    one = make_engine("inverted", docs, threads=1).search_sparse(queries, 10)
+    two = make_engine("inverted", docs, threads=2).search_sparse(queries, 10)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_float16_values_are_exact_for_float16_codes(queries):
+    docs = random_codes(500, seed=7, dtype=np.float16)
+    engine = make_engine("inverted", docs, values="float16")
+    assert engine.postings.vals.dtype == np.uint16
+    D, rows = engine.search_sparse(queries, 10)
+    assert_matches(D, rows, reference(queries, docs), 10)
+    D, rows = make_engine("pruned", docs, values="float16", query_cut=None, candidates=None).search_sparse(queries, 10)
+    assert_matches(D, rows, reference(queries, docs), 10)
+
+
+def test_half_lut_decodes_every_float16():
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    got = half_lut()[bits]
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    assert same.all()
+
+
+def test_postings_hold_every_nonzero_once(docs):
+    for order in ("doc", "value"):
+        p = Postings.build(docs, order=order)
+        assert p.indptr[-1] == len(p.docs) == int((docs.values != 0).sum())
+        np.testing.assert_array_equal(p.lengths, np.bincount(docs.indices[docs.values != 0], minlength=H))
+        for lat in range(H):
+            lo, hi = p.indptr[lat], p.indptr[lat + 1]
+            seg = p.vals[lo:hi] if order == "value" else p.docs[lo:hi]
+            key = -seg if order == "value" else seg
+            assert np.all(np.diff(key) >= 0), f"list {lat} is not in {order} order"
+            np.testing.assert_array_equal(np.sort(p.docs[lo:hi]), np.nonzero((docs.indices == lat).any(1)
+                                          & (np.where(docs.indices == lat, docs.values, 0) != 0).any(1))[0])
+
+
+def test_sparse_query_arrays_order_terms_by_magnitude():
+    q = SparseCodes(np.array([[3, 1, 2, 0]], np.uint16), np.array([[0.5, -2.0, 0.0, 1.0]], np.float32), 4)
+    qptr, lat, val = sparse_query_arrays(q)
+    np.testing.assert_array_equal(qptr, [0, 3])
+    np.testing.assert_array_equal(lat, [1, 0, 3])
+    np.testing.assert_array_equal(val, [-2.0, 1.0, 0.5])
+
+
+# ------------------------------------------------------------------ pruned (approximate)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Docs and queries whose codes come from a few topics, as real codes do."""
+    rng = np.random.default_rng(8)
+    topics = [rng.choice(256, 24, replace=False) for _ in range(10)]
+
+    def draw(n: int) -> SparseCodes:
+        idx, val = [], []
+        for t in rng.integers(0, 10, n):
+            lat = rng.choice(topics[t], 12, replace=False)
+            lat[8:] = rng.choice(256, 4, replace=False)  # off-topic noise latents
+            lat = np.unique(lat)  # a duplicate is dropped; its slot is filled by an unused latent, empty
+            fill = np.setdiff1d(np.arange(256), lat)[: 12 - len(lat)]
+            v = np.concatenate([rng.exponential(size=len(lat)), np.zeros(len(fill))])
+            lat = np.concatenate([lat, fill])
+            order = np.argsort(-v)
+            idx.append(lat[order])
+            val.append(v[order])
+        return SparseCodes(np.array(idx, np.uint16), np.array(val, np.float32), 256)
+
+    return draw(3000), draw(60)
+
+
+def test_pruned_reports_exact_scores_and_high_recall(clustered):
+    docs, q = clustered
+    ref = reference(q, docs)
+    engine = make_engine("pruned", docs, query_cut=4, list_cut=400, candidates=200)
+    D, rows = engine.search_sparse(q, 10)
+    ok = rows >= 0
+    got = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
+    np.testing.assert_allclose(D[ok], got[ok], rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(D, axis=1)[np.isfinite(D[:, 1:])] <= 1e-6), "not sorted"
+    truth = np.argsort(-ref, axis=1)[:, :10]
+    recall = np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)])
+    assert recall >= 0.8, recall
+
+
+def test_pruned_recall_grows_with_its_knobs(clustered):
+    docs, q = clustered
+    truth = np.argsort(-reference(q, docs), axis=1)[:, :10]
+
+    def recall(**opts) -> float:
+        rows = make_engine("pruned", docs, **opts).search_sparse(q, 10)[1]
+        return float(np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)]))
+
+    tight = recall(query_cut=1, list_cut=20, candidates=10)
+    loose = recall(query_cut=6, list_cut=2000, candidates=500)
+    assert tight < loose and loose >= 0.95
+
+
+def test_pruned_dense_queries_take_a_shortlist(docs, extras):
+    scale, _ = extras
+    q = np.random.default_rng(9).standard_normal((10, H)).astype(np.float32)
+    ref = reference(q, docs, scale)
+    D, rows = make_engine("pruned", docs, query_cut=H, candidates=None).search_dense(q, 10, scale)
+    # every positive coordinate is looked up: the shortlist holds every doc with a positive term
+    reachable = (q > 0).astype(float) @ (docs.to_dense() != 0).T.astype(float) > 0
+    ref_reachable = np.where(reachable, ref, -np.inf)
+    assert_matches(D, rows, ref_reachable, 10)
+    D, rows = make_engine("pruned", docs, query_cut=None).search_dense(q, 10, scale)
+    assert_matches(D, rows, ref, 10)
+
+
+@pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
+def test_pruned_rejects_bad_options(docs, bad):
+    with pytest.raises(ValueError):
+        PrunedEngine(docs, **bad)
+
+
+# ------------------------------------------------------------------ registry and torch
+
+
+def test_registry_names_and_options(docs):
+    assert resolve_engine_name("auto", "cpu") == "inverted"
+    assert resolve_engine_name("auto", "cuda") == "torch"
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("faiss", docs)
+    with pytest.raises(ValueError, match="no option"):
+        make_engine("inverted", docs, query_cut=3)
+    assert make_engine("auto", docs, device="cpu").name == "inverted"
+
+
+def test_wrong_query_width_is_rejected(docs):
+    for name in ENGINES:
+        engine = make_engine(name, docs)
+        with pytest.raises(ValueError):
+            engine.search_dense(np.ones((1, H + 1), np.float32), 3)
+        with pytest.raises(ValueError):
+            engine.search_sparse(random_codes(1, h=H + 8), 3)
+
+
+def test_torch_engine_holds_a_sparse_csr_tensor(docs):
+    engine = make_engine("torch", docs, device="cpu")
+    assert engine.docs.layout == torch.sparse_csr and engine.docs.device.type == "cpu"
+    assert engine.nbytes > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_engine_on_cuda_equals_cpu(docs, queries, extras):
+    scale, offset = extras
+    cpu = make_engine("inverted", docs).search_sparse(queries, 10, scale, offset)
+    gpu = make_engine("torch", docs, device="cuda").search_sparse(queries, 10, scale, offset)
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-4, atol=1e-4)
+    assert_matches(*gpu, reference(queries, docs, scale, offset), 10)
+
+
+# ------------------------------------------------------------------ through CSRIndex
+
+
+@pytest.mark.parametrize("name", ["scipy", "inverted", "torch"])
+@pytest.mark.parametrize("score,k", [("code", None), ("asymmetric", 4), ("asymmetric", None)])
+def test_index_results_do_not_depend_on_the_exact_engine(filled_index_factory, queries_dense, name, score, k):
+    index = filled_index_factory()
+    want = index.set_engine("scipy").search(queries_dense, 10, score=score, k=k)
+    got = index.set_engine(name).search(queries_dense, 10, score=score, k=k)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+    assert index.engine.name == name
+    same = (got[1] == want[1]).mean()
+    assert same >= 0.95  # ties aside
+
+
+def test_index_pruned_engine_with_rerank(filled_index_factory, queries_dense):
+    index = filled_index_factory(store_vectors=True)
+    exact = index.set_engine("inverted").search(queries_dense, 5, k=8, rerank=50)
+    approx = index.set_engine("pruned", query_cut=8, candidates=None).search(queries_dense, 5, k=8, rerank=50)
+    np.testing.assert_allclose(approx[0], exact[0], rtol=1e-4, atol=1e-5)
+
+
+def test_index_engine_choice_is_validated(make_index):
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_index().set_engine("nope")
+    index = make_index()
+    assert index.set_engine("pruned", query_cut=4) is index
+
+
+@pytest.fixture(scope="module")
+def queries_dense(embeddings) -> np.ndarray:
+    return embeddings(16, seed=11, norm_spread=True)
