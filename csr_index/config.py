@@ -53,8 +53,8 @@ class CSRConfig:
     """Optimiser steps; ``None`` chooses from the number of training vectors (see ``train_steps``)."""
     epochs: float = 20.0
     """Passes over the data when ``steps`` is None, clamped to [min_steps, max_steps]."""
-    min_steps: int = 1000
-    max_steps: int = 20_000
+    min_steps: int = 2000
+    max_steps: int = 5000
     warmup_steps: int = 100
     """Linear learning-rate warm-up; the rate then decays linearly to 0."""
     pre_bias_init: str = "mean"

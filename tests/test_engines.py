@@ -346,3 +346,50 @@ def test_index_engine_choice_is_validated(make_index):
 @pytest.fixture(scope="module")
 def queries_dense(embeddings) -> np.ndarray:
     return embeddings(16, seed=11, norm_spread=True)
+
+
+# ------------------------------------------------------------------ re-ranking against the originals
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rerank_equals_numpy_reference(dtype, threads):
+    from csr_index.engines.rerank import rerank_topn
+    from csr_index.search import rerank_exact
+
+    rng = np.random.default_rng(12)
+    vectors = rng.standard_normal((400, 24)).astype(dtype)
+    q = rng.standard_normal((15, 24)).astype(np.float32)
+    cand = np.stack([rng.choice(400, 30, replace=False) for _ in range(15)])
+    cand[0, 3:] = -1  # fewer candidates than asked for
+    cand[1, :] = -1
+    want = rerank_exact(q, cand, vectors, 8)
+    got = rerank_topn(q, cand, vectors, 8, threads=threads)
+    exact = vectors.astype(np.float64) @ q.astype(np.float64).T  # (n, nq)
+    ref = np.full(cand.shape, -np.inf)
+    ok = cand >= 0
+    ref[ok] = exact.T[np.nonzero(ok)[0], cand[ok]]
+    full = np.full((15, 400), -np.inf)
+    np.put_along_axis(full, np.maximum(cand, 0), np.where(ok, ref, -np.inf), axis=1)
+    full[:, 0] = np.where((cand == 0).any(1), exact.T[:, 0], -np.inf)
+    assert_matches(*got, full, 8)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_int8_originals_keep_scores_close():
+    from csr_index.engines.rerank import quantize_int8, rerank_topn
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((300, 32)).astype(np.float32)
+    codes, scales = quantize_int8(x)
+    assert codes.dtype == np.int8 and scales.shape == (300,)
+    assert np.all(np.abs(codes * scales[:, None] - x) <= scales[:, None] / 2 + 1e-6)
+    q = rng.standard_normal((5, 32)).astype(np.float32)
+    cand = np.tile(np.arange(300), (5, 1))
+    D8, rows8 = rerank_topn(q, cand, codes, 5, scales)
+    exact = (x[rows8] * q[:, None, :]).sum(-1)
+    np.testing.assert_allclose(D8, exact, atol=0.05 * np.abs(exact).max())
+    with pytest.raises(ValueError, match="scale"):
+        rerank_topn(q, cand, codes, 5)
+    with pytest.raises(ValueError, match="exceeds"):
+        rerank_topn(q, cand + 1, x, 5)

@@ -156,9 +156,9 @@ def test_training_does_not_modify_its_input(corpus, tiny_config):
     "config, n, expected",
     [
         (CSRConfig(steps=7), 10**6, 7),  # explicit steps win
-        (CSRConfig(), 100, 1000),  # 20 epochs of 1 batch, clamped up to min_steps
-        (CSRConfig(), 100_000, 1960),  # 20 epochs * ceil(100000 / 1024) = 20 * 98
-        (CSRConfig(), 10**8, 20_000),  # clamped down to max_steps
+        (CSRConfig(), 100, 2000),  # 20 epochs of 1 batch, clamped up to min_steps
+        (CSRConfig(), 200_000, 3920),  # 20 epochs * ceil(200000 / 1024) = 20 * 196
+        (CSRConfig(), 10**8, 5000),  # clamped down to max_steps
         (CSRConfig(epochs=1, min_steps=1), 2048, 2),
         (CSRConfig(epochs=1, min_steps=1), 2049, 3),  # a partial batch counts
         (CSRConfig(batch_size=10, epochs=2.5, min_steps=1, max_steps=50), 40, 10),

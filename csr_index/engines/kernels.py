@@ -24,6 +24,7 @@ __all__ = [
     "postings_topn",
     "forward_topn",
     "pruned_topn",
+    "value_of",
 ]
 
 
@@ -35,16 +36,16 @@ def half_lut() -> np.ndarray:
 LUT = half_lut()
 
 
-def _value(vals, lut, e):
-    """Entry ``e`` of ``vals`` as float32: plain float32 values, or float16 bits through ``lut``."""
+def value_of(vals, lut, e):
+    """Entry ``e`` of ``vals`` as float32: float16 bits (uint16) through ``lut``, other numbers cast."""
     raise NotImplementedError("compiled only")
 
 
-@overload(_value, inline="always")
+@overload(value_of, inline="always")
 def _value_impl(vals, lut, e):
-    if isinstance(vals.dtype, types.Float):
-        return lambda vals, lut, e: np.float32(vals[e])
-    return lambda vals, lut, e: lut[vals[e]]
+    if vals.dtype == types.uint16:  # float16 bits
+        return lambda vals, lut, e: lut[vals[e]]
+    return lambda vals, lut, e: np.float32(vals[e])
 
 
 @njit(cache=True, inline="always")
@@ -128,7 +129,7 @@ def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, m
                 mark[d] = 1
                 touched[nt] = d
                 nt += 1
-            acc[d] += w * _value(vals, lut, e)
+            acc[d] += w * value_of(vals, lut, e)
     return nt
 
 
@@ -181,7 +182,7 @@ def postings_topn(
 def _forward_score(qdense, fwd_idx, fwd_val, lut, d):
     s = np.float32(0.0)
     for j in range(fwd_idx.shape[1]):
-        s += qdense[fwd_idx[d, j]] * _value(fwd_val[d], lut, j)
+        s += qdense[fwd_idx[d, j]] * value_of(fwd_val[d], lut, j)
     return s
 
 

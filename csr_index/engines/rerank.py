@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .base import check_topn, empty_result
-from .kernels import LUT, _emit, _offer
+from .kernels import LUT, _emit, _offer, value_of
 
 __all__ = ["quantize_int8", "rerank_topn"]
 
@@ -37,7 +37,6 @@ def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
     hv = np.empty(topn, dtype=np.float32)
     hi = np.empty(topn, dtype=np.int64)
     d = queries.shape[1]
-    use_lut = lut.shape[0] > 0
     use_scale = scales.shape[0] > 0
     for q in range(q0, q1):
         size = 0
@@ -46,12 +45,9 @@ def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
             if row < 0:
                 continue
             s = np.float32(0.0)
-            if use_lut:
-                for j in range(d):
-                    s += queries[q, j] * lut[vectors[row, j]]
-            else:
-                for j in range(d):
-                    s += queries[q, j] * np.float32(vectors[row, j])
+            vec = vectors[row]
+            for j in range(d):
+                s += queries[q, j] * value_of(vec, lut, j)
             if use_scale:
                 s *= scales[row]
             size = _offer(hv, hi, size, s, row)
