@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
-from csr_index.errors import IndexFormatError
+from csr_index.cli.common import echo_results, load_index, query_keys, read_vectors, result_labels, setup_logging
 from csr_index.evaluation import evaluate_run, read_qrels
-from csr_index.io import read_embeddings
 from csr_index.search import rerank_exact, top_entries
 
 SCORE_CHOICE = click.Choice(["asymmetric", "code"])
-
-
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-
-
-def _load(path: str, quiet: bool) -> CSRIndex:
-    try:
-        return CSRIndex.load(path, progress=not quiet)
-    except IndexFormatError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _read(path: str, column: str, id_column: str | None):
-    try:
-        emb = read_embeddings(path, column=column, id_column=id_column)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    return emb
 
 
 @click.group()
@@ -61,8 +39,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 def build(embeddings, output, k, h, column, id_column, metric, store_vectors, values_dtype, steps, seed, device, quiet):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index."""
-    _setup_logging(quiet)
-    emb = _read(embeddings, column, id_column)
+    setup_logging(quiet)
+    emb = read_vectors(embeddings, column, id_column)
     out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
         config = CSRConfig(steps=steps, seed=seed, device=device)
@@ -80,20 +58,6 @@ def build(embeddings, output, k, h, column, id_column, metric, store_vectors, va
     click.echo(f"built {index!r} in {stats['seconds']:.1f}s training (fvu {stats['fvu']:.3f}) -> {out}")
 
 
-def _query_keys(emb) -> list[str]:
-    if emb.keys is not None:
-        return emb.keys
-    if emb.ids is not None:
-        return [str(i) for i in emb.ids]
-    return [str(i) for i in range(len(emb.vectors))]
-
-
-def _labels(index: CSRIndex, ids: np.ndarray) -> np.ndarray:
-    keys = index.keys_of(ids)
-    has_key = keys != None  # noqa: E711  (element-wise on an object array)
-    return np.where(has_key, keys, np.where(ids >= 0, ids.astype(str), None))
-
-
 @main.command()
 @click.argument("index_path", type=click.Path(exists=True))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
@@ -107,21 +71,14 @@ def _labels(index: CSRIndex, ids: np.ndarray) -> np.ndarray:
 @click.option("--quiet", is_flag=True)
 def search(index_path, queries, topk, k, score, rerank, column, id_column, as_json, quiet):
     """Search INDEX_PATH with the vectors in QUERIES; prints query, rank, id, score."""
-    _setup_logging(quiet)
-    index = _load(index_path, quiet)
-    emb = _read(queries, column, id_column)
+    setup_logging(quiet)
+    index = load_index(index_path, quiet)
+    emb = read_vectors(queries, column, id_column)
     try:
         D, I = index.search(emb.vectors, topk, k=k, score=score, rerank=rerank)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
-    labels = _labels(index, I)
-    for qkey, drow, lrow in zip(_query_keys(emb), D, labels):
-        hits = [(str(lab), float(s)) for lab, s in zip(lrow, drow) if lab is not None]
-        if as_json:
-            click.echo(json.dumps({"query": qkey, "results": [{"id": i, "score": s} for i, s in hits]}))
-        else:
-            for rank, (lab, s) in enumerate(hits, 1):
-                click.echo(f"{qkey}\t{rank}\t{lab}\t{s:.6f}")
+    echo_results(index, emb, D, I, as_json)
 
 
 @main.command(name="eval")
@@ -137,19 +94,19 @@ def search(index_path, queries, topk, k, score, rerank, column, id_column, as_js
 @click.option("--quiet", is_flag=True)
 def evaluate(index_path, queries, qrels, corpus, k, column, id_column, quiet):
     """NDCG@10 and Recall@100 of each scoring mode, beside exact dense search."""
-    _setup_logging(quiet)
-    index = _load(index_path, quiet)
-    emb = _read(queries, column, id_column)
+    setup_logging(quiet)
+    index = load_index(index_path, quiet)
+    emb = read_vectors(queries, column, id_column)
     try:
         labels = read_qrels(qrels)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    qkeys = _query_keys(emb)
+    qkeys = query_keys(emb)
     depth = 100
     rows = []
 
     def record(name, D, I):
-        metrics = evaluate_run(labels, qkeys, D, _labels(index, I))
+        metrics = evaluate_run(labels, qkeys, D, result_labels(index, I))
         rows.append((name, metrics))
 
     try:
@@ -173,7 +130,7 @@ def evaluate(index_path, queries, qrels, corpus, k, column, id_column, quiet):
 def _dense_baseline(index, xq, corpus, column, id_column, depth):
     """Exact dense top-``depth``: from the corpus file, else from the stored float16 originals."""
     if corpus is not None:
-        emb = _read(corpus, column, id_column)
+        emb = read_vectors(corpus, column, id_column)
         xb, ids = emb.vectors, emb.ids
         if ids is None:
             ids = np.arange(len(xb), dtype=np.int64) if emb.keys is None else None
@@ -204,7 +161,7 @@ def _dense_baseline(index, xq, corpus, column, id_column, depth):
 @click.option("--json", "as_json", is_flag=True)
 def info(index_path, as_json):
     """Config, counts, bytes per vector and latent usage of an index."""
-    index = _load(index_path, quiet=True)
+    index = load_index(index_path, quiet=True)
     summary = index.stats()
     if as_json:
         click.echo(json.dumps(summary, indent=2))

@@ -8,36 +8,19 @@ Both take exactly one target: ``--url`` (a Qdrant server or cluster, REST or wit
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from csr_index import CSRIndex
-from csr_index.errors import IndexFormatError
-from csr_index.io import read_embeddings
+from csr_index.cli.common import echo_results, load_index, read_vectors, setup_logging
 
 __all__ = ["export_qdrant", "search_qdrant"]
 
 _SHARED_TARGET_HELP = "Exactly one of --url, --path, --edge."
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    # one line per HTTP request is noise next to the progress bar
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def _load(path: str, quiet: bool) -> CSRIndex:
-    try:
-        return CSRIndex.load(path, progress=not quiet)
-    except IndexFormatError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _integration() -> Any:
@@ -136,8 +119,8 @@ def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, 
                   payload_columns, join_column, dense, idf, batch_size, parallel, shard_number, replication_factor,
                   write_consistency_factor, on_disk, recreate, resume, metadata, quiet):
     """Upload the codes of INDEX_PATH to a Qdrant collection (created if needed); re-run to resume."""
-    _setup_logging(quiet)
-    index = _load(index_path, quiet)
+    setup_logging(quiet)
+    index = load_index(index_path, quiet)
     columns = [c.strip() for c in payload_columns.split(",") if c.strip()] if payload_columns else None
     target, name, close = _open_target(
         url, local_path, edge, collection, api_key, grpc, timeout,
@@ -155,20 +138,6 @@ def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, 
     finally:
         close()
     click.echo(f"exported {report}")
-
-
-def _query_keys(emb: Any) -> list[str]:
-    if emb.keys is not None:
-        return emb.keys
-    if emb.ids is not None:
-        return [str(i) for i in emb.ids]
-    return [str(i) for i in range(len(emb.vectors))]
-
-
-def _labels(index: CSRIndex, ids: np.ndarray) -> np.ndarray:
-    keys = index.keys_of(ids)
-    has_key = keys != None  # noqa: E711  (element-wise on an object array)
-    return np.where(has_key, keys, np.where(ids >= 0, ids.astype(str), None))
 
 
 @click.command(name="search-qdrant")
@@ -190,12 +159,9 @@ def _labels(index: CSRIndex, ids: np.ndarray) -> np.ndarray:
 def search_qdrant(index_path, queries, url, local_path, edge, collection, api_key, grpc, timeout, vector_name,
                   topk, k, score, rerank, candidates, hybrid, rrf_k, column, id_column, as_json, quiet):
     """Search the Qdrant collection exported from INDEX_PATH with the vectors in QUERIES."""
-    _setup_logging(quiet)
-    index = _load(index_path, quiet)
-    try:
-        emb = read_embeddings(queries, column=column, id_column=id_column)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    setup_logging(quiet)
+    index = load_index(index_path, quiet)
+    emb = read_vectors(queries, column, id_column)
     if edge is not None and not Path(edge).exists():
         raise click.ClickException(f"no qdrant-edge shard at {edge}")
     target, name, close = _open_target(
@@ -210,11 +176,4 @@ def search_qdrant(index_path, queries, url, local_path, edge, collection, api_ke
         ))
     finally:
         close()
-    labels = _labels(index, I)
-    for qkey, drow, lrow in zip(_query_keys(emb), D, labels):
-        hits = [(str(lab), float(s)) for lab, s in zip(lrow, drow) if lab is not None]
-        if as_json:
-            click.echo(json.dumps({"query": qkey, "results": [{"id": i, "score": s} for i, s in hits]}))
-        else:
-            for rank, (lab, s) in enumerate(hits, 1):
-                click.echo(f"{qkey}\t{rank}\t{lab}\t{s:.6f}")
+    echo_results(index, emb, D, I, as_json)
