@@ -18,3 +18,30 @@ def load_scifact(data: Path = DATA / "scifact"):
     corpus = read_embeddings(data / "corpus.parquet")
     queries = read_embeddings(data / "queries.parquet")
     return corpus.vectors, np.array(corpus.keys, dtype=object), queries.vectors, queries.keys, read_qrels(data / "qrels.tsv")
+
+
+CACHE = ROOT / "runs" / "bench-cache"
+
+
+def scifact_index(k: int, nested_k: tuple[int, ...] = (), seed: int = 0, cache: Path = CACHE):
+    """A CSRIndex with the library defaults (plus ``nested_k``) trained on the SciFact corpus
+    and holding it (originals stored), loaded from ``cache`` when an identical one was built
+    before: the file name carries a hash of the full training config, so a changed default
+    trains afresh."""
+    import hashlib
+    import json
+
+    from csr_index import CSRConfig, CSRIndex
+
+    config = CSRConfig(seed=seed, nested_k=nested_k, k=k)
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    path = cache / f"scifact-k{k}-{'_'.join(map(str, nested_k)) or 'single'}-{digest}.csr"
+    if path.exists():
+        return CSRIndex.load(path)
+    xb = load_scifact()[0]
+    index = CSRIndex(xb.shape[1], k=k, store_vectors=True, config=config)
+    index.train(xb)
+    index.add(xb)
+    cache.mkdir(parents=True, exist_ok=True)
+    index.save(path)
+    return index

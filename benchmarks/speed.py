@@ -146,14 +146,12 @@ def dense_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, arg
     build = time.perf_counter() - start
     rows.append(Row(size, "exact dense (faiss IndexFlatIP)", "exact dense", "float32", build, 4 * D,
                     *measure(lambda q: flat.search(q, TOPK)[1], xq, truth, slow)))
-    del flat
 
     hnsw, build = cached_faiss(args.cache / f"hnsw32-{size}.faiss", lambda: faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT), xb, train=False)
     for ef in (16, 32, 64, 128, 256):
         hnsw.hnsw.efSearch = ef
         rows.append(Row(size, "faiss HNSW32", "HNSW32", f"efSearch={ef}", build, 4 * D + 2 * 32 * 4,
                         *measure(lambda q: hnsw.search(q, TOPK)[1], xq, truth, args.singles)))
-    del hnsw
     nlist = 1024 if n <= 200_000 else 4096
     ivf, build = cached_faiss(args.cache / f"ivfpq-{size}.faiss",
                               lambda: faiss.index_factory(D, f"IVF{nlist},PQ48", faiss.METRIC_INNER_PRODUCT), xb, train=True)
@@ -218,6 +216,7 @@ CSR_SETTINGS: list[tuple[str, str, dict, int | None, int]] = [
     ("inverted exact, query code k=32", "inverted", {}, 32, 0),
     ("inverted exact, query code k=32 + rerank 100", "inverted", {}, 32, 100),
     ("inverted exact, query code k=16 + rerank 100", "inverted", {}, 16, 100),
+    ("scipy SpMM, dense query + rerank 100", "scipy", {}, None, 100),
     ("forward scan, dense query + rerank 100", "inverted", {}, None, 100),
     ("forward scan, dense query + rerank 200", "inverted", {}, None, 200),
     ("pruned c=8 cand=500 + rerank 100", "pruned", {"query_cut": 8, "candidates": 500}, None, 100),
@@ -244,8 +243,8 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
         norms_bytes = 4
         settings = CSR_SETTINGS if h == args.hs[0] else [s for s in CSR_SETTINGS if s[1] == "pruned"]
         for label, engine, options, k, rerank in settings:
-            if engine == "scipy" and size != "100k" and rerank == 0:
-                continue
+            if size != "100k" and (engine == "torch" or (engine == "scipy" and (rerank == 0 or k is None))):
+                continue  # minutes per setting at 1M on CPU; the torch engine is for GPUs
             index.set_engine(engine, **options)
             start = time.perf_counter()
             eng = index.engine
@@ -274,7 +273,6 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
 
         rows.append(Row(size, "CSR " + label, f"CSR h={h}", f"h={h} k=32", build, eng.nbytes / n + norms_bytes + D + 4,
                         *measure(search8, xq, truth, args.singles)))
-        del index
     return rows
 
 
@@ -311,11 +309,13 @@ def extras(xb: np.ndarray, args) -> dict:
 
 
 def scifact_quality(args) -> list[dict]:
-    """NDCG@10 on SciFact of the recommended CSR settings (adapter trained on its corpus, defaults)."""
+    """NDCG@10 on SciFact of the CSR settings (adapter trained on its corpus; library defaults
+    unless ``--scifact-steps``)."""
     xb, doc_keys, xq, query_keys, qrels = load_scifact()
-    path = args.cache / "scifact-h1536-k32-default.csr"
+    steps = getattr(args, "scifact_steps", None)
+    path = args.cache / f"scifact-h1536-k32-{'default' if steps is None else f's{steps}'}.csr"
     if not path.exists():
-        index = CSRIndex(D, k=32, store_vectors=True)
+        index = CSRIndex(D, k=32, store_vectors=True, config=CSRConfig(steps=steps))
         set_threads(2)
         index.train(xb)
         index.add(xb)
@@ -377,10 +377,12 @@ def plot(rows: list[Row], path: Path) -> None:
         fams: dict[str, list[Row]] = {}
         for r in rows:
             if r.size == size:
-                fams.setdefault(r.family, []).append(r)
+                # CSR points by engine ("CSR h=1536 pruned"), so each kernel shows as its own series
+                label = f"{r.family} {r.method.split()[1]}" if r.family.startswith("CSR") else r.family
+                fams.setdefault(label, []).append(r)
         for fam, rs in fams.items():
             rs = sorted(rs, key=lambda r: r.recall)
-            style = "-o" if fam in ("HNSW32", "IVF-PQ") else "o"
+            style = "-o" if fam in ("HNSW32", "IVF-PQ") else ("s" if fam == "exact dense" else "o")
             ax.plot([r.recall for r in rs], [r.qps for r in rs], style, label=fam, alpha=0.8)
         ax.axvline(0.95, color="grey", lw=0.8, ls="--")
         ax.set_yscale("log")
@@ -405,6 +407,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "speed-cache")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "speed.png")
     parser.add_argument("--no-scifact", action="store_true")
+    parser.add_argument("--scifact-steps", type=int, default=None, help="SciFact adapter steps (default: the library's)")
     args = parser.parse_args()
     args.hs = [int(h) for h in args.hs.split(",")]
     args.cache.mkdir(parents=True, exist_ok=True)

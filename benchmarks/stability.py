@@ -10,9 +10,11 @@ asymmetric scoring, NDCG@10). Prints the curve and the final difference.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
+import torch
 
 from common import ROOT, load_scifact
 from csr_index import CSRConfig, CSRIndex
@@ -55,7 +57,11 @@ def main() -> None:
 
     def checkpoint(step: int, adapter) -> None:
         probe = CSRIndex(d, config=long_index.config)
-        probe.adapter = adapter
+        probe.adapter = copy.deepcopy(adapter).eval()
+        if probe.config.idf_weights:  # as CSRIndex.train does after its last step
+            codes = probe.encode(xb)
+            probe.adapter.set_latent_weights(torch.from_numpy(codes.indices.astype(np.int64)),
+                                             torch.from_numpy(codes.values), len(xb))
         curve.append((step, evaluate(probe, xb, doc_keys, xq, query_keys, qrels)))
         print(f"  {args.factor}x run, step {step:6d}: {curve[-1][1]}", flush=True)
 

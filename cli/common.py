@@ -61,3 +61,11 @@ def echo_results(index: CSRIndex, emb: Embeddings, D: np.ndarray, I: np.ndarray,
         else:
             for rank, (lab, s) in enumerate(hits, 1):
                 click.echo(f"{qkey}\t{rank}\t{lab}\t{s:.6f}")
+
+
+def parse_int_list(value: str, name: str) -> tuple[int, ...]:
+    """'4,8,16' -> (4, 8, 16); an empty string gives (); anything else a usage error."""
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{name} must be comma-separated integers, got {value!r}") from None

@@ -9,7 +9,15 @@ import click
 import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
-from csr_index.cli.common import echo_results, load_index, query_keys, read_vectors, result_labels, setup_logging
+from csr_index.cli.common import (
+    echo_results,
+    load_index,
+    parse_int_list,
+    query_keys,
+    read_vectors,
+    result_labels,
+    setup_logging,
+)
 from csr_index.evaluation import evaluate_run, read_qrels
 from csr_index.search import rerank_exact, top_entries
 
@@ -27,6 +35,9 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(), help="Index directory (default: EMBEDDINGS with .csr suffix).")
 @click.option("--k", "k", default=32, show_default=True, help="Active latents per code.")
 @click.option("--h", "h", type=int, default=None, help="Code width (default 4 * d).")
+@click.option("--k-doc", "k_doc", type=int, default=None, help="Active latents per stored code (default: --k).")
+@click.option("--nested-k", default="", callback=lambda ctx, param, value: parse_int_list(value, "--nested-k"),
+              help="Also train these smaller budgets, e.g. '4,8,16' (adaptive k).")
 @click.option("--column", default="embedding", show_default=True, help="Parquet column with the vectors.")
 @click.option("--id-column", default="id", show_default=True, help="Parquet column with ids (int) or keys (str).")
 @click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)
@@ -37,14 +48,14 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
-def build(embeddings, output, k, h, column, id_column, metric, store_vectors, values_dtype, steps, seed, device, quiet):
+def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, steps, seed, device, quiet):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index."""
     setup_logging(quiet)
     emb = read_vectors(embeddings, column, id_column)
     out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
-        config = CSRConfig(steps=steps, seed=seed, device=device)
-        index = CSRIndex(emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0, k=k, h=h, metric=metric,
+        config = CSRConfig(steps=steps, seed=seed, device=device, nested_k=nested_k)
+        index = CSRIndex(emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0, k=k, h=h, k_doc=k_doc, metric=metric,
                          store_vectors=store_vectors, values_dtype=values_dtype, config=config, progress=not quiet)
         index.train(emb.vectors)
         if emb.ids is not None:

@@ -43,7 +43,10 @@ class CSRIndex:
     Parameters
     ----------
     d: dimension of the dense vectors.
-    k: active latents per stored code; ``search(..., k=k')`` may use fewer for queries.
+    k: active latents the adapter is trained for; queries use up to k
+        (``search(..., k=k')`` may use fewer: one index, every query budget).
+    k_doc: active latents per *stored* code (default ``k``); smaller means a smaller
+        index from the same adapter (the ``k_doc`` largest latents of each doc's code).
     h: width of the code space (default ``4 * d``).
     metric: ``"cosine"`` (vectors are L2-normalised; the default, as for most text
         embedding models) or ``"ip"`` (raw inner product).
@@ -62,6 +65,7 @@ class CSRIndex:
         k: int = 32,
         h: int | None = None,
         *,
+        k_doc: int | None = None,
         metric: str = "cosine",
         store_vectors: bool = False,
         values_dtype: str = "float32",
@@ -72,6 +76,7 @@ class CSRIndex:
         self.d = check_k(d, 1 << 20, "d")
         self.h = check_k(h if h is not None else 4 * self.d, 1 << 32, "h")
         self.k = check_k(k, self.h, "k")
+        self._k_doc = self.k if k_doc is None else check_k(k_doc, self.k, "k_doc")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if values_dtype not in ("float32", "float16"):
@@ -93,7 +98,9 @@ class CSRIndex:
         """Remove every stored vector; the trained adapter is kept (as faiss ``reset``)."""
         self._ids = np.empty(0, dtype=np.int64)
         self._codes = SparseCodes(
-            np.empty((0, self.k), dtype=index_dtype(self.h)), np.empty((0, self.k), dtype=self.values_dtype), self.h
+            np.empty((0, self.k_doc), dtype=index_dtype(self.h)),
+            np.empty((0, self.k_doc), dtype=self.values_dtype),
+            self.h,
         )
         self._norms = np.empty(0, dtype=np.float32)
         self._vectors = np.empty((0, self.d), dtype=np.float16) if self.store_vectors else None
@@ -102,6 +109,18 @@ class CSRIndex:
         self._scorer: SearchEngine | None = None
         self._doc_scales: dict[str, np.ndarray | None] | None = None
         self._row_of: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def k_doc(self) -> int:
+        """Active latents per stored code; settable while the index is empty."""
+        return self._k_doc
+
+    @k_doc.setter
+    def k_doc(self, value: int) -> None:
+        if self.ntotal:
+            raise ValueError(f"k_doc can only change while the index is empty (it holds {self.ntotal}); call reset() first")
+        self._k_doc = check_k(value, self.k, "k_doc")
+        self.reset()
 
     @property
     def is_trained(self) -> bool:
@@ -116,7 +135,7 @@ class CSRIndex:
 
     def __repr__(self) -> str:
         return (
-            f"CSRIndex(d={self.d}, h={self.h}, k={self.k}, metric={self.metric!r}, "
+            f"CSRIndex(d={self.d}, h={self.h}, k={self.k}, k_doc={self.k_doc}, metric={self.metric!r}, "
             f"ntotal={self.ntotal}, is_trained={self.is_trained})"
         )
 
@@ -179,7 +198,7 @@ class CSRIndex:
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
         self.adapter = result.adapter
         if self.config.idf_weights:
-            codes = self._encode(xs, self.k)[0]
+            codes = self._encode(xs, self.k_doc)[0]
             self.adapter.set_latent_weights(
                 torch.from_numpy(codes.indices.astype(np.int64)), torch.from_numpy(codes.values), len(xs)
             )
@@ -247,7 +266,7 @@ class CSRIndex:
         clash = np.intersect1d(new_ids, self._ids)
         if clash.size:
             raise ValueError(f"ids already in the index: {clash[:5].tolist()}")
-        codes, norms = self._encode(xs, self.k)
+        codes, norms = self._encode(xs, self.k_doc)
         if self.values_dtype == np.float16 and codes.values.size and codes.values.max() > np.finfo(np.float16).max:
             raise ValueError(
                 f"code values up to {codes.values.max():.3g} overflow float16 (max 65504); "
@@ -318,13 +337,14 @@ class CSRIndex:
     def stats(self) -> dict[str, Any]:
         """Sizes and latent usage: bytes per vector, unused latents, the busiest latent's share."""
         self._flush()
-        code_bytes = self.k * (self._codes.indices.dtype.itemsize + self.values_dtype.itemsize)
+        code_bytes = self.k_doc * (self._codes.indices.dtype.itemsize + self.values_dtype.itemsize)
         per_vector = code_bytes + 8 + 4  # + id (int64) + reconstruction norm (float32)
         counts = np.bincount(self._codes.indices[self._codes.values > 0].astype(np.int64), minlength=self.h)
         out: dict[str, Any] = {
             "d": self.d,
             "h": self.h,
             "k": self.k,
+            "k_doc": self.k_doc,
             "metric": self.metric,
             "ntotal": self.ntotal,
             "is_trained": self.is_trained,
@@ -514,7 +534,7 @@ class CSRIndex:
         """Write the index to the directory ``path``, atomically (see :mod:`csr_index.storage`)."""
         adapter = self._require_trained()
         self._flush()
-        k = self.k
+        k = self.k_doc
         columns = {
             "id": pa.array(self._ids, type=pa.int64()),
             "indices": pa.FixedSizeListArray.from_arrays(pa.array(self._codes.indices.ravel()), k),
@@ -528,6 +548,7 @@ class CSRIndex:
             "d": self.d,
             "h": self.h,
             "k": self.k,
+            "k_doc": self.k_doc,
             "metric": self.metric,
             "store_vectors": self.store_vectors,
             "ntotal": int(len(self._ids)),
@@ -552,6 +573,7 @@ class CSRIndex:
                 int(meta["d"]),
                 k=int(meta["k"]),
                 h=int(meta["h"]),
+                k_doc=int(meta.get("k_doc", meta["k"])),
                 metric=meta["metric"],
                 store_vectors=bool(meta["store_vectors"]),
                 values_dtype=meta["dtypes"]["values"],
@@ -569,8 +591,8 @@ class CSRIndex:
         idx_dtype = index_dtype(index.h)
         indices = fixed_size_column(table, "indices", idx_dtype)
         values = fixed_size_column(table, "values", index.values_dtype)
-        if indices.shape != (ntotal, index.k) or values.shape != (ntotal, index.k):
-            raise CorruptIndexError(f"{path}: codes have shape {indices.shape}, expected ({ntotal}, {index.k})")
+        if indices.shape != (ntotal, index.k_doc) or values.shape != (ntotal, index.k_doc):
+            raise CorruptIndexError(f"{path}: codes have shape {indices.shape}, expected ({ntotal}, {index.k_doc})")
         if ntotal and int(indices.max()) >= index.h:
             raise CorruptIndexError(f"{path}: a latent index exceeds h={index.h}")
         if not np.isfinite(values).all() or (values < 0).any():

@@ -102,6 +102,15 @@ def test_build_default_output_and_options(data, tmp_path):
     np.testing.assert_array_equal(index.ids, np.arange(1000, 1200))  # an integer id column gives ids
 
 
+def test_build_adaptive_options(data, tmp_path):
+    out = tmp_path / "nested.csr"
+    run("build", data["corpus_file"], "-o", out, "--k", 8, "--k-doc", 4, "--nested-k", "2,4", "--steps", 5, "--quiet")
+    index = CSRIndex.load(out)
+    assert (index.k, index.k_doc, index.config.nested_k) == (8, 4, (2, 4))
+    assert index.codes().indices.shape == (N_DOCS, 4)
+    assert run("search", out, data["queries_file"], "--k", 8, "--topk", 3).exit_code == 0
+
+
 def test_info(built):
     result = run("info", built)
     lines = dict(line.split(None, 1) for line in result.stdout.strip().splitlines())
@@ -230,6 +239,9 @@ def test_directory_without_an_index(tmp_path, data):
         (["--k", "0"], "k must be positive"),
         (["--k", "500"], "exceeds the maximum of 128"),
         (["--h", "4", "--k", "8"], "exceeds the maximum of 4"),
+        (["--k", "8", "--k-doc", "9"], "k_doc=9 exceeds the maximum of 8"),
+        (["--nested-k", "4,x"], "--nested-k must be comma-separated integers"),
+        (["--nested-k", "0"], "nested_k must hold positive budgets"),
     ],
 )
 def test_build_with_bad_arguments(data, tmp_path, args, fragment):

@@ -393,3 +393,22 @@ def test_int8_originals_keep_scores_close():
         rerank_topn(q, cand, codes, 5)
     with pytest.raises(ValueError, match="exceeds"):
         rerank_topn(q, cand + 1, x, 5)
+
+
+def test_engine_follows_added_vectors(make_index, corpus, queries_dense):
+    index = make_index()
+    index.set_engine("pruned", query_cut=8, candidates=None)
+    index.add(corpus[:300])
+    first = index.engine
+    assert first.n == 300
+    index.add(corpus[300:])
+    D, I = index.search(queries_dense, 5, k=8)
+    assert index.engine is not first and index.engine.n == len(corpus)
+    assert (I >= 300).any()
+
+
+def test_constructor_rejects_unknown_engine():
+    from csr_index import CSRIndex
+
+    with pytest.raises(ValueError, match="unknown engine"):
+        CSRIndex(8, k=2, engine="hnsw")
