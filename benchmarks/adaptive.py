@@ -6,7 +6,7 @@ For every budget k' it prints NDCG@10 (code x code, asymmetric, asymmetric + exa
 re-rank of the top 100) and the median single-query time (one thread, exact inverted
 engine) of:
 - dedicated: a model trained for k' (the paper's recipe: one model per budget);
-- nested: ONE model trained at k=32 with Matryoshka prefixes (4, 8, 16) -- queries cut
+- nested: ONE model trained at k=32 with Matryoshka prefixes (--nested, default 8,16) -- queries cut
   to their k' largest latents, docs stored with k_doc = k' (a smaller index, same model);
 - nested, docs at 32: the same model and queries, docs kept at the trained k;
 - single-k: the default k=32 model (no nesting) used the same way as "nested".
@@ -20,13 +20,14 @@ import argparse
 import time
 
 import numpy as np
+import torch
 
-from common import ROOT, load_scifact, scifact_index
+from common import ROOT, load_scifact, save_figure, scifact_index, subplots
 from csr_index import CSRIndex
 from csr_index.evaluation import evaluate_run
 
 DEPTH = 100
-NESTED = (4, 8, 16)
+NESTED = (8, 16)
 TRAINED_K = 32
 MODES = ("code", "asymmetric", "rerank")
 
@@ -67,18 +68,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", default="4,8,16,32,64")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "adaptive.png"))
+    parser.add_argument("--nested", default=",".join(map(str, NESTED)), help="prefix budgets of the nested model")
+    parser.add_argument("--nested-weight", type=float, default=None, help="CSRConfig.nested_weight (default: 1/len)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    ks = [int(v) for v in args.ks.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ks = sorted(int(v) for v in args.ks.split(","))
     data = load_scifact()
     xb = data[0]
 
     results: dict[str, dict[int, dict[str, float]]] = {"dedicated": {}, "nested": {}, "nested, docs at 32": {},
                                                        "single-k": {}}
-    for kp in ks:
+    for kp in sorted(ks, key=lambda v: v == TRAINED_K):  # the k=32 model last: another script may be training it
         results["dedicated"][kp] = measure(scifact_index(kp), kp, data)
         print(f"dedicated k={kp}: {results['dedicated'][kp]}", flush=True)
-    for name, nested in (("nested", NESTED), ("single-k", ())):
-        model = scifact_index(TRAINED_K, nested_k=nested)
+    nested_k = tuple(int(v) for v in args.nested.split(","))
+    for name, nested in (("nested", nested_k), ("single-k", ())):
+        model = scifact_index(TRAINED_K, nested_k=nested, nested_weight=args.nested_weight if nested else None)
         for kp in [v for v in ks if v <= TRAINED_K]:
             results[name][kp] = measure(with_doc_k(model, kp, xb), kp, data)
             print(f"{name} k'={kp}: {results[name][kp]}", flush=True)
@@ -112,13 +119,7 @@ def main() -> None:
 
 
 def plot(results: dict[str, dict[int, dict[str, float]]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     for name, res in results.items():
         ks = sorted(res)
         for mode, style in (("code", "-o"), ("asymmetric", "--s"), ("rerank", ":^")):
@@ -133,10 +134,7 @@ def plot(results: dict[str, dict[int, dict[str, float]]], path: str) -> None:
     axes[0].legend(fontsize=6, ncol=2)
     axes[1].legend(fontsize=7)
     fig.suptitle("Adaptive k: one nested model vs one model per budget")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

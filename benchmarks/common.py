@@ -23,7 +23,8 @@ def load_scifact(data: Path = DATA / "scifact"):
 CACHE = ROOT / "runs" / "bench-cache"
 
 
-def scifact_index(k: int, nested_k: tuple[int, ...] = (), seed: int = 0, cache: Path = CACHE):
+def scifact_index(k: int, nested_k: tuple[int, ...] = (), nested_weight: float | None = None, seed: int = 0,
+                  cache: Path = CACHE):
     """A CSRIndex with the library defaults (plus ``nested_k``) trained on the SciFact corpus
     and holding it (originals stored), loaded from ``cache`` when an identical one was built
     before: the file name carries a hash of the full training config, so a changed default
@@ -33,9 +34,10 @@ def scifact_index(k: int, nested_k: tuple[int, ...] = (), seed: int = 0, cache: 
 
     from csr_index import CSRConfig, CSRIndex
 
-    config = CSRConfig(seed=seed, nested_k=nested_k, k=k)
+    config = CSRConfig(seed=seed, nested_k=nested_k, nested_weight=nested_weight, k=k)
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    path = cache / f"scifact-k{k}-{'_'.join(map(str, nested_k)) or 'single'}-{digest}.csr"
+    tag = "_".join(map(str, nested_k)) + (f"w{nested_weight:g}" if nested_weight is not None else "")
+    path = cache / f"scifact-k{k}-{tag or 'single'}-{digest}.csr"
     if path.exists():
         return CSRIndex.load(path)
     xb = load_scifact()[0]
@@ -45,3 +47,21 @@ def scifact_index(k: int, nested_k: tuple[int, ...] = (), seed: int = 0, cache: 
     cache.mkdir(parents=True, exist_ok=True)
     index.save(path)
     return index
+
+
+def subplots(*args, **kwargs):
+    """``matplotlib.pyplot.subplots`` on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Lay out and write a figure (PNG), creating its directory."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    print(f"plot written to {path}")

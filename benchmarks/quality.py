@@ -20,7 +20,7 @@ import argparse
 import faiss
 import numpy as np
 
-from common import ROOT, load_scifact, scifact_index
+from common import ROOT, load_scifact, save_figure, scifact_index, subplots
 from csr_index.evaluation import evaluate_run
 from csr_index.search import top_entries
 
@@ -96,13 +96,7 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     families: dict[str, list] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
@@ -115,10 +109,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_title("Quality vs memory, all-MiniLM-L6-v2 on SciFact")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"plot written to {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

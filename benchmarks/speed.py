@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from common import DATA, ROOT, load_scifact
+from common import DATA, ROOT, load_scifact, save_figure, subplots
 from csr_index import CSRConfig, CSRIndex
 from csr_index.engines.rerank import quantize_int8, rerank_topn
 from csr_index.evaluation import evaluate_run
@@ -366,13 +366,8 @@ def ratios(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = list(dict.fromkeys(r.size for r in rows))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
+    fig, axes = subplots(1, len(sizes), figsize=(7 * len(sizes), 5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         fams: dict[str, list[Row]] = {}
         for r in rows:
@@ -391,10 +386,7 @@ def plot(rows: list[Row], path: Path) -> None:
         ax.set_title(f"pypi {size}: throughput vs recall (2-core CPU)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot written to {path}")
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:

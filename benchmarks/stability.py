@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import numpy as np
 import torch
 
-from common import ROOT, load_scifact
+from common import ROOT, load_scifact, save_figure, scifact_index, subplots
 from csr_index import CSRConfig, CSRIndex
 from csr_index.evaluation import evaluate_run
 
@@ -40,16 +39,17 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=5)
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--plot", default=str(ROOT / "docs" / "stability.png"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     xb, doc_keys, xq, query_keys, qrels = load_scifact()
     d = xb.shape[1]
     base_steps = CSRConfig().train_steps(len(xb))
 
-    index = CSRIndex(d)
-    t0 = time.perf_counter()
-    index.train(xb)
+    index = scifact_index(32)  # the defaults (training is deterministic), cached and shared with quality.py
     default = evaluate(index, xb, doc_keys, xq, query_keys, qrels)
-    print(f"default schedule: {base_steps} steps, {time.perf_counter() - t0:.0f}s, NDCG@10 {default}", flush=True)
+    print(f"default schedule: {base_steps} steps, {index.train_stats['seconds']:.0f}s, NDCG@10 {default}", flush=True)
 
     long_steps = args.factor * base_steps
     curve: list[tuple[int, dict[str, float]]] = []
@@ -81,13 +81,7 @@ def main() -> None:
         print(f"{mode}: final - default = {final[mode] - default[mode]:+.4f}; "
               f"worst over the second half of the long run = {worst:.4f}")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from pathlib import Path
-
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = subplots(figsize=(7, 4))
         for mode in ("code", "asymmetric"):
             ax.plot([c[0] for c in curve], [c[1][mode] for c in curve], marker="o", label=f"{mode} ({args.factor}x run)")
             ax.scatter([base_steps], [default[mode]], marker="*", s=120, label=f"{mode} (default run)")
@@ -96,10 +90,7 @@ def main() -> None:
         ax.set_title("No collapse: quality along a 5x longer training run")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"plot written to {args.plot}")
+        save_figure(fig, args.plot)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ class CSRConfig:
     nested_k: tuple[int, ...] = ()
     """Smaller budgets k' < k whose code prefixes (the k' largest entries) are also trained to
     reconstruct (and, with distillation, to rank): one model for every query budget (adaptive k)."""
+    nested_weight: float | None = None
+    """Weight of each prefix's terms relative to the full code's; ``None``: 1 / len(nested_k)
+    (the prefixes share one full weight)."""
     beta: float = 1 / 32
     """Weight of the AuxK loss (paper: 1/32)."""
     contrastive: str = "distill"
@@ -72,6 +75,8 @@ class CSRConfig:
         self.nested_k = tuple(int(v) for v in self.nested_k)
         if any(v < 1 for v in self.nested_k):
             raise ValueError(f"CSRConfig.nested_k must hold positive budgets, got {self.nested_k}")
+        if self.nested_weight is not None and not self.nested_weight >= 0:
+            raise ValueError(f"CSRConfig.nested_weight must be >= 0 or None, got {self.nested_weight!r}")
         for name in ("steps", "min_steps", "max_steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -111,8 +111,9 @@ def train_adapter(
             values_m, indices_m = adapter.topk(pre, k_multi)
             loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
         prefixes = [kp for kp in cfg.nested_k if kp < k]
+        w_prefix = cfg.nested_weight if cfg.nested_weight is not None else 1 / max(len(prefixes), 1)
         for kp in prefixes:  # Matryoshka-style: every prefix of the code must reconstruct too
-            loss = loss + fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp])) / len(prefixes)
+            loss = loss + w_prefix * fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp]))
         dead = since_fired > cfg.dead_after
         if cfg.beta > 0:
             loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - x_hat).detach(), k_aux)
@@ -124,7 +125,7 @@ def train_adapter(
                 cl = distillation_loss((values, indices), xb, h, cfg.distill_temperature)
                 for kp in prefixes:
                     prefix = (values[:, :kp], indices[:, :kp])
-                    cl = cl + distillation_loss(prefix, xb, h, cfg.distill_temperature) / len(prefixes)
+                    cl = cl + w_prefix * distillation_loss(prefix, xb, h, cfg.distill_temperature)
             else:
                 cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature)
             loss = loss + cfg.gamma * cl

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
 export PATH="$PWD/.venv/bin:$PATH"
 DATA=../shared/data/scifact
+if [ ! -f "$DATA/corpus.parquet" ]; then
+    echo "SciFact data not found at $PWD/$DATA: the demo expects ../shared/data next to this repository" >&2
+    exit 1
+fi
 csr-index build "$DATA/corpus.parquet" -o runs/scifact.csr --k 32
 csr-index info runs/scifact.csr
 echo "--- top 3 documents for the first 2 queries"

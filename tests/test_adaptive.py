@@ -94,3 +94,22 @@ def test_nested_training_makes_short_prefixes_reconstruct_better(corpus, tiny_co
 
     single, nested = prefix_fvu(()), prefix_fvu((2, 4))
     assert nested < single, (nested, single)
+
+
+def test_nested_weight_scales_the_prefix_terms(corpus, tiny_config):
+    """Weight 0 trains exactly the single-k model; a positive weight trains another one."""
+    x = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+
+    def weights(**overrides) -> np.ndarray:
+        return train_adapter(x, D, H, tiny_config(steps=10, k=K, **overrides)).adapter.W.detach().numpy()
+
+    single = weights()
+    np.testing.assert_array_equal(weights(nested_k=(2, 4), nested_weight=0.0), single)
+    assert not np.allclose(weights(nested_k=(2, 4), nested_weight=1.0), single)
+
+
+def test_nested_weight_must_be_non_negative():
+    from csr_index import CSRConfig
+
+    with pytest.raises(ValueError, match="nested_weight must be >= 0"):
+        CSRConfig(nested_k=(4,), nested_weight=-1.0)
