@@ -13,6 +13,8 @@ fi
 csr-index build "$DATA/corpus.parquet" -o runs/scifact.csr --k 32
 csr-index info runs/scifact.csr
 echo "--- top 3 documents for the first 2 queries"
-csr-index search runs/scifact.csr "$DATA/queries.parquet" --topk 3 --quiet | head -6
+# (into a file, not a pipe: `| head` would end the search with SIGPIPE, which pipefail makes fatal)
+csr-index search runs/scifact.csr "$DATA/queries.parquet" --topk 3 --quiet > runs/scifact-top3.tsv
+head -6 runs/scifact-top3.tsv
 echo "--- quality on the 300 labelled SciFact queries"
 csr-index eval runs/scifact.csr --queries "$DATA/queries.parquet" --qrels "$DATA/qrels.tsv" --quiet
