@@ -5,11 +5,12 @@
 For every budget k' it prints NDCG@10 (code x code, asymmetric, asymmetric + exact
 re-rank of the top 100) and the median single-query time (one thread, exact inverted
 engine) of:
-- dedicated: a model trained for k' (the paper's recipe: one model per budget);
+- dedicated: a model trained for k' with the library defaults (the paper's recipe: one model
+  per budget; the defaults include prefixes k'/4, k'/2);
 - nested: ONE model trained at k=32 with Matryoshka prefixes (--nested, default 8,16) -- queries cut
   to their k' largest latents, docs stored with k_doc = k' (a smaller index, same model);
 - nested, docs at 32: the same model and queries, docs kept at the trained k;
-- single-k: the default k=32 model (no nesting) used the same way as "nested".
+- single-k: a k=32 model trained without prefixes (nested_k=()) used the same way as "nested".
 Budgets above the trained k (64) exist only as dedicated models. Trained models are
 cached in runs/bench-cache (see common.scifact_index).
 """
@@ -84,7 +85,7 @@ def main() -> None:
         results["dedicated"][kp] = measure(scifact_index(kp), kp, data)
         print(f"dedicated k={kp}: {results['dedicated'][kp]}", flush=True)
     nested_k = tuple(int(v) for v in args.nested.split(","))
-    for name, nested in (("nested", nested_k), ("single-k", ())):
+    for name, nested in (("nested", nested_k), ("single-k", ())):  # () = no prefixes
         model = scifact_index(TRAINED_K, nested_k=nested, nested_weight=args.nested_weight if nested else None)
         for kp in [v for v in ks if v <= TRAINED_K]:
             results[name][kp] = measure(with_doc_k(model, kp, xb), kp, data)

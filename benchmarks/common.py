@@ -23,9 +23,9 @@ def load_scifact(data: Path = DATA / "scifact"):
 CACHE = ROOT / "runs" / "bench-cache"
 
 
-def scifact_index(k: int, nested_k: tuple[int, ...] = (), nested_weight: float | None = None, seed: int = 0,
+def scifact_index(k: int, nested_k: tuple[int, ...] | None = None, nested_weight: float | None = None, seed: int = 0,
                   cache: Path = CACHE):
-    """A CSRIndex with the library defaults (plus ``nested_k``) trained on the SciFact corpus
+    """A CSRIndex with the library defaults (or the given ``nested_k``) trained on the SciFact corpus
     and holding it (originals stored), loaded from ``cache`` when an identical one was built
     before: the file name carries a hash of the full training config, so a changed default
     trains afresh."""
@@ -35,6 +35,7 @@ def scifact_index(k: int, nested_k: tuple[int, ...] = (), nested_weight: float |
     from csr_index import CSRConfig, CSRIndex
 
     config = CSRConfig(seed=seed, nested_k=nested_k, nested_weight=nested_weight, k=k)
+    config.nested_k = config.prefix_budgets()  # the default spelled out: one cache entry per model
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     tag = "_".join(map(str, nested_k)) + (f"w{nested_weight:g}" if nested_weight is not None else "")
     path = cache / f"scifact-k{k}-{tag or 'single'}-{digest}.csr"

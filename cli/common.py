@@ -63,8 +63,13 @@ def echo_results(index: CSRIndex, emb: Embeddings, D: np.ndarray, I: np.ndarray,
                 click.echo(f"{qkey}\t{rank}\t{lab}\t{s:.6f}")
 
 
-def parse_int_list(value: str, name: str) -> tuple[int, ...]:
-    """'4,8,16' -> (4, 8, 16); an empty string gives (); anything else a usage error."""
+def parse_int_list(value: str | None, name: str) -> tuple[int, ...] | None:
+    """'4,8,16' -> (4, 8, 16); 'none' or '' -> (); None (option not given) stays None;
+    anything else is a usage error."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:

@@ -36,8 +36,8 @@ def main() -> None:
 @click.option("--k", "k", default=32, show_default=True, help="Active latents per code.")
 @click.option("--h", "h", type=int, default=None, help="Code width (default 4 * d).")
 @click.option("--k-doc", "k_doc", type=int, default=None, help="Active latents per stored code (default: --k).")
-@click.option("--nested-k", default="", callback=lambda ctx, param, value: parse_int_list(value, "--nested-k"),
-              help="Also train these smaller budgets, e.g. '4,8,16' (adaptive k).")
+@click.option("--nested-k", default=None, callback=lambda ctx, param, value: parse_int_list(value, "--nested-k"),
+              help="Prefix budgets trained besides k, e.g. '8,16' (default: k/4,k/2; 'none': k only).")
 @click.option("--column", default="embedding", show_default=True, help="Parquet column with the vectors.")
 @click.option("--id-column", default="id", show_default=True, help="Parquet column with ids (int) or keys (str).")
 @click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)

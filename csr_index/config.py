@@ -25,9 +25,10 @@ class CSRConfig:
     """The second TopK term reconstructs with ``multi_k_factor * k`` latents (paper: 4)."""
     multi_k_weight: float = 1 / 8
     """Weight of that second term (paper: 1/8)."""
-    nested_k: tuple[int, ...] = ()
+    nested_k: tuple[int, ...] | None = None
     """Smaller budgets k' < k whose code prefixes (the k' largest entries) are also trained to
-    reconstruct (and, with distillation, to rank): one model for every query budget (adaptive k)."""
+    reconstruct (and, with distillation, to rank): one model for every query budget (adaptive k).
+    ``None`` (default): (k // 4, k // 2); ``()``: the single-k objective. See ``prefix_budgets``."""
     nested_weight: float | None = None
     """Weight of each prefix's terms relative to the full code's; ``None``: 1 / len(nested_k)
     (the prefixes share one full weight)."""
@@ -72,8 +73,9 @@ class CSRConfig:
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
 
     def __post_init__(self) -> None:
-        self.nested_k = tuple(int(v) for v in self.nested_k)
-        if any(v < 1 for v in self.nested_k):
+        if self.nested_k is not None:
+            self.nested_k = tuple(int(v) for v in self.nested_k)
+        if any(v < 1 for v in self.nested_k or ()):
             raise ValueError(f"CSRConfig.nested_k must hold positive budgets, got {self.nested_k}")
         if self.nested_weight is not None and not self.nested_weight >= 0:
             raise ValueError(f"CSRConfig.nested_weight must be >= 0 or None, got {self.nested_weight!r}")
@@ -88,6 +90,12 @@ class CSRConfig:
         for name in ("lr", "temperature", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")
+
+    def prefix_budgets(self, k: int | None = None) -> tuple[int, ...]:
+        """The prefix budgets trained besides ``k`` (default ``self.k``), ascending, each in [1, k)."""
+        k = self.k if k is None else k
+        budgets = (k // 4, k // 2) if self.nested_k is None else self.nested_k
+        return tuple(sorted({b for b in budgets if 1 <= b < k}))
 
     def train_steps(self, n: int) -> int:
         """Number of optimiser steps for ``n`` training vectors."""

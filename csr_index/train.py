@@ -110,7 +110,7 @@ def train_adapter(
         if cfg.multi_k_weight > 0 and k_multi > k:
             values_m, indices_m = adapter.topk(pre, k_multi)
             loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
-        prefixes = [kp for kp in cfg.nested_k if kp < k]
+        prefixes = cfg.prefix_budgets(k)
         w_prefix = cfg.nested_weight if cfg.nested_weight is not None else 1 / max(len(prefixes), 1)
         for kp in prefixes:  # Matryoshka-style: every prefix of the code must reconstruct too
             loss = loss + w_prefix * fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp]))

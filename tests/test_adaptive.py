@@ -103,7 +103,7 @@ def test_nested_weight_scales_the_prefix_terms(corpus, tiny_config):
     def weights(**overrides) -> np.ndarray:
         return train_adapter(x, D, H, tiny_config(steps=10, k=K, **overrides)).adapter.W.detach().numpy()
 
-    single = weights()
+    single = weights(nested_k=())
     np.testing.assert_array_equal(weights(nested_k=(2, 4), nested_weight=0.0), single)
     assert not np.allclose(weights(nested_k=(2, 4), nested_weight=1.0), single)
 
@@ -113,3 +113,13 @@ def test_nested_weight_must_be_non_negative():
 
     with pytest.raises(ValueError, match="nested_weight must be >= 0"):
         CSRConfig(nested_k=(4,), nested_weight=-1.0)
+
+
+@pytest.mark.parametrize(
+    "k, nested_k, expected",
+    [(32, None, (8, 16)), (8, None, (2, 4)), (2, None, (1,)), (1, None, ()), (32, (), ()), (32, (16, 4, 40, 16), (4, 16))],
+)
+def test_prefix_budgets(k, nested_k, expected):
+    from csr_index import CSRConfig
+
+    assert CSRConfig(k=k, nested_k=nested_k).prefix_budgets() == expected

@@ -109,6 +109,10 @@ def test_build_adaptive_options(data, tmp_path):
     assert (index.k, index.k_doc, index.config.nested_k) == (8, 4, (2, 4))
     assert index.codes().indices.shape == (N_DOCS, 4)
     assert run("search", out, data["queries_file"], "--k", 8, "--topk", 3).exit_code == 0
+    run("build", data["corpus_file"], "-o", out, "--k", 8, "--nested-k", "none", "--steps", 2, "--quiet")
+    assert CSRIndex.load(out).config.nested_k == ()
+    run("build", data["corpus_file"], "-o", out, "--k", 8, "--steps", 2, "--quiet")
+    assert CSRIndex.load(out).config.prefix_budgets() == (2, 4)  # the default: k/4, k/2
 
 
 def test_info(built):
