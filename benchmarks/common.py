@@ -37,7 +37,7 @@ def scifact_index(k: int, nested_k: tuple[int, ...] | None = None, nested_weight
     config = CSRConfig(seed=seed, nested_k=nested_k, nested_weight=nested_weight, k=k)
     config.nested_k = config.prefix_budgets()  # the default spelled out: one cache entry per model
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    tag = "_".join(map(str, nested_k)) + (f"w{nested_weight:g}" if nested_weight is not None else "")
+    tag = "_".join(map(str, config.nested_k)) + (f"w{nested_weight:g}" if nested_weight is not None else "")
     path = cache / f"scifact-k{k}-{tag or 'single'}-{digest}.csr"
     if path.exists():
         return CSRIndex.load(path)

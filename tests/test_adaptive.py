@@ -117,7 +117,8 @@ def test_nested_weight_must_be_non_negative():
 
 @pytest.mark.parametrize(
     "k, nested_k, expected",
-    [(32, None, (8, 16)), (8, None, (2, 4)), (2, None, (1,)), (1, None, ()), (32, (), ()), (32, (16, 4, 40, 16), (4, 16))],
+    [(32, None, (8, 16)), (64, None, (16, 32)), (16, None, (8,)), (8, None, ()), (1, None, ()), (32, (), ()),
+     (8, (2, 4), (2, 4)), (32, (16, 4, 40, 16), (4, 16))],
 )
 def test_prefix_budgets(k, nested_k, expected):
     from csr_index import CSRConfig
