@@ -134,6 +134,22 @@ def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, m
     return nt
 
 
+@njit(cache=True, inline="always")
+def _drain(nt, touched, acc, mark, off, scale, has_scale, hv, hi):
+    """Offer every touched doc's accumulated score (+ offset, * scale) to the bounded heap
+    (hv, hi) and clear the accumulator for the next query; returns the heap size."""
+    size = 0
+    for t in range(nt):
+        d = touched[t]
+        s = acc[d] + off
+        if has_scale:
+            s *= scale[d]
+        size = _offer(hv, hi, size, s, d)
+        acc[d] = 0.0
+        mark[d] = 0
+    return size
+
+
 @njit(cache=True)
 def _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i):
     acc = np.zeros(n, dtype=np.float32)
@@ -146,15 +162,7 @@ def _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lu
     for q in range(q0, q1):
         off = _query_offset(offset, q)
         nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
-        size = 0
-        for t in range(nt):
-            d = touched[t]
-            s = acc[d] + off
-            if has_scale:
-                s *= scale[d]
-            size = _offer(hv, hi, size, s, d)
-            acc[d] = 0.0
-            mark[d] = 0
+        size = _drain(nt, touched, acc, mark, off, scale, has_scale, hv, hi)
         _emit(hv, hi, size, out_d[q], out_i[q])
 
 
@@ -262,15 +270,7 @@ def _pruned_chunk(
         off = _query_offset(offset, q)
         # 1. shortlist: partial scores from the pruned query over pruned posting lists
         nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
-        csize = 0
-        for t in range(nt):
-            d = touched[t]
-            s = acc[d] + off
-            if has_scale:
-                s *= scale[d]
-            csize = _offer(cv, ci, csize, s, d)
-            acc[d] = 0.0
-            mark[d] = 0
+        csize = _drain(nt, touched, acc, mark, off, scale, has_scale, cv, ci)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
