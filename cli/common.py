@@ -13,7 +13,7 @@ from csr_index import CSRIndex
 from csr_index.errors import IndexFormatError
 from csr_index.io import Embeddings, read_embeddings
 
-__all__ = ["setup_logging", "load_index", "read_vectors", "query_keys", "result_labels", "echo_results"]
+__all__ = ["setup_logging", "load_index", "read_vectors", "query_keys", "result_labels", "echo_results", "parse_int_list"]
 
 
 def setup_logging(quiet: bool) -> None:

@@ -37,7 +37,7 @@ def main() -> None:
 @click.option("--h", "h", type=int, default=None, help="Code width (default 4 * d).")
 @click.option("--k-doc", "k_doc", type=int, default=None, help="Active latents per stored code (default: --k).")
 @click.option("--nested-k", default=None, callback=lambda ctx, param, value: parse_int_list(value, "--nested-k"),
-              help="Prefix budgets trained besides k, e.g. '8,16' (default: k/4,k/2; 'none': k only).")
+              help="Prefix budgets trained besides k, e.g. '8,16' (default: k/4,k/2 of >= 8 latents; 'none': k only).")
 @click.option("--column", default="embedding", show_default=True, help="Parquet column with the vectors.")
 @click.option("--id-column", default="id", show_default=True, help="Parquet column with ids (int) or keys (str).")
 @click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)

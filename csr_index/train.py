@@ -62,6 +62,8 @@ def train_adapter(
     cfg = config
     k = cfg.k
     k_multi = min(h, cfg.multi_k_factor * k)
+    prefixes = cfg.prefix_budgets(k)  # Matryoshka budgets, and the weight of each one's terms
+    w_prefix = cfg.nested_weight if cfg.nested_weight is not None else 1 / max(len(prefixes), 1)
     k_aux = min(cfg.k_aux, h // 2)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -110,8 +112,6 @@ def train_adapter(
         if cfg.multi_k_weight > 0 and k_multi > k:
             values_m, indices_m = adapter.topk(pre, k_multi)
             loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
-        prefixes = cfg.prefix_budgets(k)
-        w_prefix = cfg.nested_weight if cfg.nested_weight is not None else 1 / max(len(prefixes), 1)
         for kp in prefixes:  # Matryoshka-style: every prefix of the code must reconstruct too
             loss = loss + w_prefix * fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp]))
         dead = since_fired > cfg.dead_after
