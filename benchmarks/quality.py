@@ -22,7 +22,7 @@ import numpy as np
 
 from common import ROOT, load_scifact, save_figure, scifact_index, subplots
 from csr_index.evaluation import evaluate_run
-from csr_index.search import top_entries
+from csr_index.engines.base import top_entries
 
 DEPTH = 100
 

@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from common import DATA, ROOT, load_scifact, save_figure, subplots
 from csr_index import CSRConfig, CSRIndex
-from csr_index.engines.rerank import quantize_int8, rerank_topn
+from csr_index.rerank import quantize_int8, rerank_topn
 from csr_index.evaluation import evaluate_run
 from csr_index.io import read_embeddings
 

@@ -19,9 +19,9 @@ from csr_index.cli.common import (
     setup_logging,
 )
 from csr_index.evaluation import evaluate_run, read_qrels
-from csr_index.search import rerank_exact, top_entries
+from csr_index.rerank import exact_topn
 
-SCORE_CHOICE = click.Choice(["asymmetric", "code"])
+SCORE_CHOICE = click.Choice(["asymmetric", "code", "exact"])
 
 
 @click.group()
@@ -72,21 +72,22 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
 @main.command()
 @click.argument("index_path", type=click.Path(exists=True))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--topk", default=10, show_default=True)
-@click.option("--k", "k", type=int, default=None, help="Active latents per query (default: the index's k).")
+@click.option("--topk", default=10, show_default=True, help="Results per query.")
+@click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code (default: the index's k).")
 @click.option("--score", type=SCORE_CHOICE, default="asymmetric", show_default=True)
-@click.option("--rerank", type=int, default=None, help="Re-rank this many candidates exactly (default: auto).")
+@click.option("--rerank", type=int, default=None,
+              help="Re-rank this many candidates exactly (default: max(100, 10 * topk) with stored originals; 0: off).")
 @click.option("--column", default="embedding", show_default=True)
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")
 @click.option("--quiet", is_flag=True)
-def search(index_path, queries, topk, k, score, rerank, column, id_column, as_json, quiet):
+def search(index_path, queries, topk, query_k, score, rerank, column, id_column, as_json, quiet):
     """Search INDEX_PATH with the vectors in QUERIES; prints query, rank, id, score."""
     setup_logging(quiet)
     index = load_index(index_path, quiet)
     emb = read_vectors(queries, column, id_column)
     try:
-        D, I = index.search(emb.vectors, topk, k=k, score=score, rerank=rerank)
+        D, I = index.search(emb.vectors, topk, query_k=query_k, score=score, rerank=rerank)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     echo_results(index, emb, D, I, as_json)
@@ -99,11 +100,11 @@ def search(index_path, queries, topk, k, score, rerank, column, id_column, as_js
               help="BEIR qrels TSV or TREC qrels.")
 @click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Dense corpus for the exact baseline (default: the index's stored vectors).")
-@click.option("--k", "k", type=int, default=None, help="Active latents per query.")
+@click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code.")
 @click.option("--column", default="embedding", show_default=True)
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(index_path, queries, qrels, corpus, k, column, id_column, quiet):
+def evaluate(index_path, queries, qrels, corpus, query_k, column, id_column, quiet):
     """NDCG@10 and Recall@100 of each scoring mode, beside exact dense search."""
     setup_logging(quiet)
     index = load_index(index_path, quiet)
@@ -125,9 +126,9 @@ def evaluate(index_path, queries, qrels, corpus, k, column, id_column, quiet):
         if dense is not None:
             record("dense (exact)", *dense)
         for score in ("code", "asymmetric"):
-            record(f"csr {score}", *index.search(emb.vectors, depth, k=k, score=score, rerank=0))
+            record(f"csr {score}", *index.search(emb.vectors, depth, query_k=query_k, score=score, rerank=0))
         if index.store_vectors:
-            record("csr asymmetric + rerank 100", *index.search(emb.vectors, depth, k=k, rerank=depth))
+            record("csr asymmetric + rerank 100", *index.search(emb.vectors, depth, query_k=query_k, rerank=depth))
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     names = list(rows[0][1])
@@ -153,17 +154,13 @@ def _dense_baseline(index, xq, corpus, column, id_column, depth):
         xb, ids = None, index.ids
     else:
         return None
-    q = np.asarray(xq, dtype=np.float32)
+    if xb is None:
+        return index.search(xq, depth, score="exact")
+    q, xb = np.asarray(xq, dtype=np.float32), np.asarray(xb, dtype=np.float32)
     if index.metric == "cosine":
         q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    if xb is None:
-        D, rows = rerank_exact(q, np.broadcast_to(np.arange(index.ntotal), (len(q), index.ntotal)).copy(),
-                               index.vectors(), depth)
-    else:
-        xb = np.asarray(xb, dtype=np.float32)
-        if index.metric == "cosine":
-            xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
-        D, rows = top_entries(q @ xb.T, depth)
+        xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    D, rows = exact_topn(q, xb, depth)
     return D, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 

@@ -145,7 +145,7 @@ def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, 
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
 @_target_options
 @click.option("--topk", default=10, show_default=True)
-@click.option("--k", "k", type=int, default=None, help="Active latents per query (default: the index's k).")
+@click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code (default: the index's k).")
 @click.option("--score", type=click.Choice(["code", "asymmetric"]), default="code", show_default=True,
               help="code: Qdrant's ranking as is; asymmetric: re-score Qdrant's candidates.")
 @click.option("--rerank", type=int, default=None, help="Re-rank this many exactly (default: auto, as search).")
@@ -157,7 +157,7 @@ def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, 
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")
 @click.option("--quiet", is_flag=True)
 def search_qdrant(index_path, queries, url, local_path, edge, collection, api_key, grpc, timeout, vector_name,
-                  topk, k, score, rerank, candidates, hybrid, rrf_k, column, id_column, as_json, quiet):
+                  topk, query_k, score, rerank, candidates, hybrid, rrf_k, column, id_column, as_json, quiet):
     """Search the Qdrant collection exported from INDEX_PATH with the vectors in QUERIES."""
     setup_logging(quiet)
     index = load_index(index_path, quiet)
@@ -171,7 +171,7 @@ def search_qdrant(index_path, queries, url, local_path, edge, collection, api_ke
     cq = _integration()
     try:
         D, I = _fail_cleanly(lambda: cq.search(
-            index, target, name, emb.vectors, topk, k=k, score=score, rerank=rerank, candidates=candidates,
+            index, target, name, emb.vectors, topk, query_k=query_k, score=score, rerank=rerank, candidates=candidates,
             hybrid=hybrid, rrf_k=rrf_k, vector_name=vector_name,
         ))
     finally:

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .codes import SparseCodes  # noqa: E402
 from .config import CSRConfig  # noqa: E402
+from .encoder import CSREncoder  # noqa: E402
 from .errors import (  # noqa: E402
     CorruptIndexError,
     FormatVersionError,
@@ -23,6 +24,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "CSRIndex",
     "CSRConfig",
+    "CSREncoder",
     "SparseAdapter",
     "SparseCodes",
     "NotTrainedError",

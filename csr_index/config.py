@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 __all__ = ["CSRConfig"]
 
+
+DEFAULT_K = 32
+"""Active latents per code when neither the index nor the config says."""
 
 MIN_DEFAULT_PREFIX = 8
 """Default prefixes have at least this many latents: on SciFact, training 2- and 4-latent
@@ -17,13 +20,15 @@ prefixes cost a k=8 model 0.02-0.03 NDCG@10, while 8 and 16 raised k=32's code s
 class CSRConfig:
     """Hyper-parameters of a CSR adapter. Defaults follow the paper where it is sound.
 
-    Only ``h`` and ``k`` shape the model; everything else shapes training.
+    Only ``h`` and ``k`` shape the model; everything else shapes training. An index or
+    encoder fills them in with :meth:`resolve`; giving them both here and to the index
+    with different values is an error, not a silent override.
     """
 
     h: int | None = None
     """Width of the sparse code space; ``None`` means 4 * d (the paper's default)."""
-    k: int = 32
-    """Active latents per stored code (TopK); queries may use any k' <= k."""
+    k: int | None = None
+    """Active latents per code (TopK); queries may use any k' <= k. ``None`` means 32."""
     k_aux: int = 512
     """Dead latents used by the AuxK loss; capped at h / 2."""
     multi_k_factor: int = 4
@@ -97,9 +102,24 @@ class CSRConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")
 
+    def resolve(self, d: int, h: int | None = None, k: int | None = None) -> "CSRConfig":
+        """A copy with ``h`` and ``k`` filled in for d-dimensional inputs: the given values,
+        else this config's, else 4 * d and 32. ValueError when both are given and differ."""
+        from .validation import check_positive
+
+        def pick(name: str, given: int | None, default: int) -> int:
+            mine = getattr(self, name)
+            if given is not None and mine is not None and given != mine:
+                raise ValueError(f"{name}={given} conflicts with CSRConfig({name}={mine}); give it once")
+            return given if given is not None else (mine if mine is not None else default)
+
+        h_final = check_positive(pick("h", h, 4 * d), "h", 1 << 32)
+        k_final = check_positive(pick("k", k, DEFAULT_K), "k", h_final)
+        return replace(self, h=h_final, k=k_final)
+
     def prefix_budgets(self, k: int | None = None) -> tuple[int, ...]:
         """The prefix budgets trained besides ``k`` (default ``self.k``), ascending, each in [1, k)."""
-        k = self.k if k is None else k
+        k = k if k is not None else (self.k if self.k is not None else DEFAULT_K)
         if self.nested_k is None:
             budgets = tuple(b for b in (k // 4, k // 2) if b >= MIN_DEFAULT_PREFIX)
         else:

@@ -2,57 +2,65 @@
 
 Layout of ``index.csr/``::
 
-    manifest.json                  format name/version, config, counts, dtypes, file sizes + sha256
-    adapter.<gen>.safetensors      W, pre_bias, latent_bias
-    codes.<gen>.arrow              id int64, indices fixed_size_list<uint16|uint32>[k],
-                                   values fixed_size_list<float32|float16>[k], recon_norm float32,
-                                   key string (optional)
-    vectors.<gen>.arrow            vector fixed_size_list<float16>[d] (optional, for re-ranking)
+    manifest.json                     format name/version, encoder and index settings, segments,
+                                      every file's size + sha256
+    adapter.<hash>.safetensors        W, pre_bias, latent_bias, latent_weight (named by content)
+    seg-<id>.codes.arrow              one per segment: id int64, indices fixed_size_list<uint16|uint32>[k],
+                                      values fixed_size_list<float32|float16>[k], norm float32
+                                      (L2 norm of each code's reconstruction), key string (optional)
+    seg-<id>.vectors.arrow            vector fixed_size_list<float16>[d] (optional, for re-ranking)
+    tombstones.<gen>.arrow            segment string, row int64: deleted rows (only when some are)
+    .lock                             held (flock) while a process saves
 
-Saving is atomic: data files get a fresh generation tag and are fsynced before
-``manifest.json`` is replaced with ``os.replace``; files of older generations are
-deleted only after that. A crash at any moment leaves either the old or the new
-manifest, and every file it names, on disk. Loading never runs code from the files
-(JSON, safetensors and Arrow only) and checks sizes and checksums before trusting them.
+Segments are immutable, so saving after a small ``add`` writes only the new segment's
+files (and a new manifest); files already in the directory are reused. Saving is atomic:
+new files are written and fsynced, the directory is fsynced (their entries are durable
+before the manifest names them), then ``manifest.json`` is replaced with ``os.replace``
+and the directory fsynced again; files no longer named are deleted only after that. A
+crash at any moment leaves the old or the new manifest, and every file it names. An
+exclusive lock on ``.lock`` stops two processes from saving the same index at once.
+Loading never runs code from the files (JSON, safetensors and Arrow only), checks sizes
+(and, with ``verify``, sha256 checksums) before trusting them, and memory-maps the
+Arrow files.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from . import __version__
 from .errors import CorruptIndexError, FormatVersionError, MissingIndexFileError
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "IndexFiles", "write_index", "read_index", "read_manifest"]
+if TYPE_CHECKING:
+    from .encoder import CSREncoder
+    from .segment import Segment
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_index", "read_index", "read_encoder", "read_manifest",
+           "fixed_size_column"]
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "csr-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-_OWN_FILE = re.compile(r"^(adapter|codes|vectors)\.[0-9a-f]{12}\.(safetensors|arrow)$")
-
-
-@dataclass
-class IndexFiles:
-    """Everything an index directory holds, in memory (arrays may be memory-mapped views)."""
-
-    meta: dict[str, Any]
-    adapter: dict[str, np.ndarray]
-    codes: pa.Table
-    vectors: np.ndarray | None = None
+LOCK = ".lock"
+_OWN_FILE = re.compile(r"^(adapter\.[0-9a-f]{12}\.safetensors|seg-[0-9a-f]{12}\.(codes|vectors)\.arrow"
+                       r"|tombstones\.[0-9a-f]{12}\.arrow)$")
 
 
 def _sha256(path: Path) -> str:
@@ -63,7 +71,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,63 +90,121 @@ def _write_table(path: Path, table: pa.Table) -> None:
     with pa.OSFile(str(path), "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=max(1, table.num_rows))
-    fd = os.open(path, os.O_RDONLY)
+    _fsync(path)
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+@contextmanager
+def _writer_lock(root: Path):
+    """Exclusive, non-blocking flock on ``root/.lock`` for the duration of a save."""
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        os.fsync(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is saving the index at {root}; try again when it is done") from None
+        yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing the descriptor releases the lock
 
 
-def vectors_table(vectors: np.ndarray) -> pa.Table:
-    """The Arrow table of stored originals: one ``vector`` fixed_size_list<float16>[d] column."""
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).ravel())
-    return pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
-
-
-def write_index(path: str | os.PathLike, files: IndexFiles) -> Path:
-    """Write ``files`` to the directory ``path`` atomically (see module docstring)."""
-    root = Path(path)
+def _check_target(root: Path) -> dict[str, Any] | None:
+    """The manifest already in ``root`` (None if none); refuse a directory that is not ours."""
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not an index directory")
-    if root.is_dir() and any(root.iterdir()):
-        if (root / MANIFEST).exists():
-            try:
-                is_ours = json.loads((root / MANIFEST).read_text()).get("format") == FORMAT_NAME
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                is_ours = False
-        else:
-            is_ours = all(_OWN_FILE.match(p.name) or p.name == MANIFEST + ".tmp" for p in root.iterdir())
-        if not is_ours:
-            raise FileExistsError(f"{root} is a non-empty directory that is not a csr-index index; refusing to write")
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    if (root / MANIFEST).exists():
+        try:
+            old = json.loads((root / MANIFEST).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict) and old.get("format") == FORMAT_NAME:
+            return old
+    elif all(_OWN_FILE.match(p.name) or p.name in (MANIFEST + ".tmp", LOCK) for p in root.iterdir()):
+        return None
+    raise FileExistsError(f"{root} is a non-empty directory that is not a csr-index index; refusing to write")
+
+
+def _reusable(root: Path, entry: dict[str, Any] | None, old_names: set[str]) -> bool:
+    """An entry's file is already in ``root``, named by the previous manifest, at its size."""
+    if entry is None or entry["name"] not in old_names:
+        return False
+    p = root / entry["name"]
+    return p.exists() and p.stat().st_size == entry["bytes"]
+
+
+def _listed(manifest: dict[str, Any] | None) -> set[str]:
+    if not manifest or manifest.get("format_version") != FORMAT_VERSION:
+        return set()
+    names = {manifest.get("adapter", {}).get("name")}
+    names |= {e["name"] for seg in manifest.get("segments", []) for e in seg.get("files", {}).values()}
+    if manifest.get("tombstones"):
+        names.add(manifest["tombstones"]["name"])
+    return {n for n in names if n}
+
+
+def write_index(
+    path: str | os.PathLike,
+    encoder: "CSREncoder",
+    settings: dict[str, Any],
+    segments: Sequence["Segment"],
+    deleted: Sequence[np.ndarray | None],
+) -> Path:
+    """Write an encoder, its index ``settings`` and ``segments`` (with ``deleted`` row masks,
+    one per segment) to the directory ``path``, atomically (see the module docstring)."""
+    root = Path(path)
+    old = _check_target(root)
     root.mkdir(parents=True, exist_ok=True)
-    gen = uuid.uuid4().hex[:12]
-    entries: dict[str, dict[str, Any]] = {}
-
-    def record(role: str, name: str) -> None:
-        p = root / name
-        entries[role] = {"name": name, "bytes": p.stat().st_size, "sha256": _sha256(p)}
-
-    name = f"adapter.{gen}.safetensors"
-    _write_bytes(root / name, st_save({k: np.ascontiguousarray(v) for k, v in files.adapter.items()}))
-    record("adapter", name)
-    name = f"codes.{gen}.arrow"
-    _write_table(root / name, files.codes)
-    record("codes", name)
-    if files.vectors is not None:
-        name = f"vectors.{gen}.arrow"
-        _write_table(root / name, vectors_table(files.vectors))
-        record("vectors", name)
-
-    manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **files.meta, "files": entries}
-    tmp = root / (MANIFEST + ".tmp")
-    _write_bytes(tmp, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    os.replace(tmp, root / MANIFEST)
-    _fsync_dir(root)
-    keep = {e["name"] for e in entries.values()}
-    for p in root.iterdir():
-        if _OWN_FILE.match(p.name) and p.name not in keep:
-            p.unlink()
-    log.info("saved index to %s (%d files, generation %s)", root, len(entries), gen)
+    with _writer_lock(root):
+        old_names = _listed(old)
+        blob = st_save({k: np.ascontiguousarray(v) for k, v in encoder.state().items()})
+        adapter = root / f"adapter.{hashlib.sha256(blob).hexdigest()[:12]}.safetensors"
+        if not (adapter.name in old_names and adapter.exists()):
+            _write_bytes(adapter, blob)
+        seg_entries = []
+        for seg in segments:
+            if not all(_reusable(root, seg.files.get(role), old_names) for role in seg.roles()):
+                seg.files = {}
+                for role, table in seg.tables().items():
+                    target = root / f"seg-{seg.name}.{role}.arrow"
+                    _write_table(target, table)
+                    seg.files[role] = _entry(target)
+            seg_entries.append({"name": seg.name, "rows": seg.n, "files": dict(seg.files)})
+        tombstones = None
+        dead = [(seg.name, np.flatnonzero(mask)) for seg, mask in zip(segments, deleted) if mask is not None]
+        dead = [(name, rows) for name, rows in dead if len(rows)]
+        if dead:
+            target = root / f"tombstones.{uuid.uuid4().hex[:12]}.arrow"
+            _write_table(target, pa.table({
+                "segment": pa.array([name for name, rows in dead for _ in rows], type=pa.string()),
+                "row": pa.array(np.concatenate([rows for _, rows in dead]).astype(np.int64)),
+            }))
+            tombstones = _entry(target)
+        _fsync(root)  # the new files' directory entries are durable before the manifest names them
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "encoder": encoder.meta(),
+            "index": dict(settings),
+            "ntotal": int(sum(seg.n for seg in segments) - sum(len(rows) for _, rows in dead)),
+            "adapter": {"name": adapter.name, "bytes": adapter.stat().st_size, "sha256": _sha256(adapter)},
+            "segments": seg_entries,
+            "tombstones": tombstones,
+        }
+        tmp = root / (MANIFEST + ".tmp")
+        _write_bytes(tmp, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        os.replace(tmp, root / MANIFEST)
+        _fsync(root)
+        keep = _listed(manifest)
+        for p in root.iterdir():
+            if _OWN_FILE.match(p.name) and p.name not in keep:
+                p.unlink()
+    log.info("saved index to %s (%d segments)", root, len(segments))
     return root
 
 
@@ -162,12 +228,16 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             f"{root} uses format version {version!r}; this csr-index reads version {FORMAT_VERSION}. "
             "Rebuild the index or use the csr-index release that wrote it."
         )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or "adapter" not in files or "codes" not in files:
-        raise CorruptIndexError(f"{mpath} does not list the adapter and codes files")
-    for role, entry in files.items():
+    entries = [manifest.get("adapter")] + [e for s in manifest.get("segments") or [] if isinstance(s, dict)
+                                           for e in (s.get("files") or {}).values()]
+    if manifest.get("tombstones") is not None:
+        entries.append(manifest["tombstones"])
+    for key in ("encoder", "index", "segments"):
+        if not isinstance(manifest.get(key), (dict, list)):
+            raise CorruptIndexError(f"{mpath} lacks its {key!r} section")
+    for entry in entries:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and _OWN_FILE.match(entry["name"])):
-            raise CorruptIndexError(f"{mpath}: bad entry for {role!r}: {entry!r}")
+            raise CorruptIndexError(f"{mpath}: bad file entry {entry!r}")
     return manifest
 
 
@@ -190,27 +260,58 @@ def _open_table(p: Path) -> pa.Table:
         raise CorruptIndexError(f"{p} is not a readable Arrow IPC file: {exc}") from exc
 
 
-def read_index(path: str | os.PathLike, verify: bool = True) -> IndexFiles:
-    """Load an index directory; Arrow files are memory-mapped, not copied.
+def _encoder(root: Path, manifest: dict[str, Any], verify: bool, progress: bool) -> "CSREncoder":
+    from .encoder import CSREncoder
 
-    ``verify`` checks every file's sha256 (sizes are always checked).
-    """
-    root = Path(path)
-    manifest = read_manifest(root)
-    files = manifest.pop("files")
-    adapter_path = _checked_file(root, files["adapter"], verify)
+    adapter_path = _checked_file(root, manifest["adapter"], verify)
     try:
-        adapter = st_load(adapter_path.read_bytes())
+        state = st_load(adapter_path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types
         raise CorruptIndexError(f"{adapter_path} is not a readable safetensors file: {exc}") from exc
-    codes = _open_table(_checked_file(root, files["codes"], verify))
-    vectors = None
-    if "vectors" in files:
-        table = _open_table(_checked_file(root, files["vectors"], verify))
-        vectors = fixed_size_column(table, "vector", np.float16)
-    for key in ("format", "format_version"):
-        manifest.pop(key)
-    return IndexFiles(meta=manifest, adapter=adapter, codes=codes, vectors=vectors)
+    try:
+        return CSREncoder.from_state(manifest["encoder"], state, progress=progress)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptIndexError(f"the encoder of {root} is incomplete or invalid: {exc}") from exc
+
+
+def read_encoder(path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSREncoder":
+    """The encoder (adapter, metric, config) of an index directory, without its documents."""
+    root = Path(path)
+    return _encoder(root, read_manifest(root), verify, progress)
+
+
+def read_index(path: str | os.PathLike, verify: bool = True, progress: bool = False):
+    """Load an index directory: (manifest, encoder, segments, deleted masks).
+
+    Arrow files are memory-mapped, not copied; ``verify`` checks every file's sha256
+    (sizes are always checked).
+    """
+    from .segment import Segment
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    encoder = _encoder(root, manifest, verify, progress)
+    settings = manifest["index"]
+    segments, deleted = [], []
+    for seg_meta in manifest["segments"]:
+        files = seg_meta.get("files") or {}
+        if "codes" not in files:
+            raise CorruptIndexError(f"{root}: segment {seg_meta.get('name')!r} lists no codes file")
+        tables = {role: _open_table(_checked_file(root, entry, verify)) for role, entry in files.items()}
+        segments.append(Segment.from_tables(str(seg_meta.get("name")), tables, encoder, settings, files, root))
+        deleted.append(None)
+    if manifest.get("tombstones"):
+        table = _open_table(_checked_file(root, manifest["tombstones"], verify))
+        by_name = {seg.name: i for i, seg in enumerate(segments)}
+        names, rows = table.column("segment").to_pylist(), table.column("row").to_numpy()
+        for name, row in zip(names, rows):
+            i = by_name.get(name)
+            if i is None or not 0 <= row < segments[i].n:
+                raise CorruptIndexError(f"{root}: a tombstone names row {row} of unknown segment {name!r}")
+            if deleted[i] is None:
+                deleted[i] = np.zeros(segments[i].n, dtype=np.uint8)
+            deleted[i][row] = 1
+    return manifest, encoder, segments, deleted
 
 
 def fixed_size_column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:

@@ -59,7 +59,7 @@ def train_adapter(
     ``callback(step, adapter)`` runs every ``callback_every`` steps (e.g. to draw a
     quality curve); the adapter is in eval mode during the call.
     """
-    cfg = config
+    cfg = config.resolve(d, h)
     k = cfg.k
     k_multi = min(h, cfg.multi_k_factor * k)
     prefixes = cfg.prefix_budgets(k)  # Matryoshka budgets, and the weight of each one's terms

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_ids", "check_k"]
+__all__ = ["as_matrix", "as_ids", "check_positive"]
 
 
 def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
@@ -68,12 +68,17 @@ def as_ids(ids: Any, n: int, name: str = "ids") -> np.ndarray:
     return arr
 
 
-def check_k(k: Any, k_max: int, name: str = "k") -> int:
-    """Check that ``k`` is an integer with 1 <= k <= k_max and return it."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(k).__name__}")
-    if k <= 0:
-        raise ValueError(f"{name} must be positive, got {k}")
-    if k > k_max:
-        raise ValueError(f"{name}={k} exceeds the maximum of {k_max}")
-    return int(k)
+def check_positive(value: Any, name: str, maximum: int | None = None, allow_none: bool = False) -> int | None:
+    """``value`` as an int with 1 <= value <= ``maximum`` (``None`` passes when ``allow_none``).
+
+    ``TypeError`` for a non-integer (bools included), ``ValueError`` when out of range.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer{' or None' if allow_none else ''}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value} exceeds the maximum of {maximum}")
+    return int(value)

@@ -3,7 +3,6 @@ and nested (Matryoshka) training that makes code prefixes useful."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -30,12 +29,20 @@ def test_k_doc_index_searches_with_any_query_budget(make_index, corpus, queries)
     index = make_index(store_vectors=True)
     index.k_doc = 2
     index.add(corpus)
+    stored = index.codes()
     for kq in (1, 2, K):
+        query = index.encode(queries, kq)
         for score in ("code", "asymmetric"):
-            D_, I = index.search(queries, 5, k=kq, score=score, rerank=0)
-            assert I.shape == (len(queries), 5) and (I >= -1).all()
-    with pytest.raises(ValueError, match=f"k=9 exceeds the maximum of {K}"):
-        index.search(queries, 5, k=K + 1)
+            D, I = index.search(queries, 5, query_k=kq, score=score, rerank=0)
+            assert (I[:, 0] >= 0).mean() > 0.5, "most queries find something"
+            assert all((np.diff(row[np.isfinite(row)]) <= 1e-6).all() for row in D), "scores descending"
+            for qi, row in enumerate(I):  # the default engine only reaches docs sharing a query latent
+                q_lat = set(query.indices[qi][query.values[qi] > 0].tolist()) if score == "code" else None
+                for doc in row[row >= 0]:
+                    d_lat = set(stored.indices[doc][stored.values[doc] > 0].tolist())
+                    assert q_lat is None or q_lat & d_lat
+    with pytest.raises(ValueError, match=f"query_k=9 exceeds the maximum of {K}"):
+        index.search(queries, 5, query_k=K + 1)
 
 
 def test_k_doc_survives_save_and_load(make_index, corpus, queries, tmp_path):
@@ -50,18 +57,6 @@ def test_k_doc_survives_save_and_load(make_index, corpus, queries, tmp_path):
         b = loaded.search(queries, 5, score=score)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
-
-
-def test_manifest_without_k_doc_loads_with_k_doc_equal_to_k(make_index, corpus, tmp_path):
-    """Indexes written before k_doc existed: the manifest has no such key."""
-    index = make_index()
-    index.add(corpus[:50])
-    index.save(tmp_path / "ix")
-    manifest = tmp_path / "ix" / "manifest.json"
-    meta = json.loads(manifest.read_text())
-    del meta["k_doc"]
-    manifest.write_text(json.dumps(meta))
-    assert CSRIndex.load(tmp_path / "ix").k_doc == K
 
 
 def test_k_doc_bad_values(make_index, corpus):

@@ -108,7 +108,7 @@ def test_build_adaptive_options(data, tmp_path):
     index = CSRIndex.load(out)
     assert (index.k, index.k_doc, index.config.nested_k) == (8, 4, (2, 4))
     assert index.codes().indices.shape == (N_DOCS, 4)
-    assert run("search", out, data["queries_file"], "--k", 8, "--topk", 3).exit_code == 0
+    assert run("search", out, data["queries_file"], "--query-k", 8, "--topk", 3).exit_code == 0
     run("build", data["corpus_file"], "-o", out, "--k", 8, "--nested-k", "none", "--steps", 2, "--quiet")
     assert CSRIndex.load(out).config.nested_k == ()
     run("build", data["corpus_file"], "-o", out, "--k", 8, "--steps", 2, "--quiet")
@@ -144,12 +144,12 @@ def test_search_tsv(built, data):
 
 
 def test_search_json(built, data):
-    result = run("search", built, data["queries_file"], "--topk", 3, "--score", "code", "--k", 4,
+    result = run("search", built, data["queries_file"], "--topk", 3, "--score", "code", "--query-k", 4,
                  "--rerank", 0, "--json", "--quiet")
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [obj["query"] for obj in lines] == [f"q{i}" for i in range(N_QUERIES)]
     index = CSRIndex.load(built)
-    D_, I = index.search(data["queries"], 3, k=4, score="code", rerank=0)
+    D_, I = index.search(data["queries"], 3, query_k=4, score="code", rerank=0)
     for obj, drow, irow in zip(lines, D_, I):
         valid = irow >= 0
         assert [r["id"] for r in obj["results"]] == index.keys_of(irow[valid]).tolist()
@@ -192,7 +192,7 @@ def test_eval_prints_a_table(built, data):
 
 def test_eval_with_a_corpus_file(built, data):
     result = run("eval", built, "--queries", data["queries_file"], "--qrels", data["qrels"],
-                 "--corpus", data["corpus_file"], "--k", 4, "--quiet")
+                 "--corpus", data["corpus_file"], "--query-k", 4, "--quiet")
     assert "dense (exact)" in result.stdout and "csr code" in result.stdout
 
 
@@ -214,7 +214,7 @@ def corrupt_index(built, tmp_path):
     dst.mkdir()
     for f in built.iterdir():
         dst.joinpath(f.name).write_bytes(f.read_bytes())
-    codes = dst / json.loads((dst / "manifest.json").read_text())["files"]["codes"]["name"]
+    codes = dst / json.loads((dst / "manifest.json").read_text())["segments"][0]["files"]["codes"]["name"]
     raw = bytearray(codes.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     codes.write_bytes(bytes(raw))
@@ -257,7 +257,8 @@ def test_build_with_bad_arguments(data, tmp_path, args, fragment):
     "args, fragment",
     [
         (["--topk", "0"], "topk must be positive"),
-        (["--k", "9"], "k=9 exceeds the maximum of 8"),
+        (["--query-k", "9"], "query_k=9 exceeds the maximum of 8"),
+        (["--score", "code", "--query-k", "0"], "query_k must be positive"),
     ],
 )
 def test_search_with_bad_arguments(built, data, args, fragment):

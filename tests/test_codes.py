@@ -192,9 +192,10 @@ def test_codes_are_in_the_order_of_ids(index, corpus):
     np.testing.assert_array_equal(index.codes().indices, index.encode(corpus[:8]).indices)
 
 
-def test_ids_view_is_read_only(filled_index):
-    with pytest.raises(ValueError):
-        filled_index.ids[0] = 5
+def test_ids_are_a_copy(filled_index):
+    ids = filled_index.ids
+    ids[0] = 5
+    assert filled_index.ids[0] == 0
 
 
 def test_vectors_are_the_float16_prepared_originals(make_index, corpus):
@@ -219,7 +220,10 @@ def test_stats(make_index, corpus):
     s = index.stats()
     assert s["ntotal"] == len(corpus) and s["is_trained"]
     assert s["code_bytes_per_vector"] == index.k * (2 + 2)  # uint16 index + float16 value
-    assert s["index_bytes_per_vector"] == index.k * 4 + 12 + 2 * index.d
+    nnz = int((index.codes().values != 0).sum())
+    postings = (8 * nnz + 8 * (index.h + 1)) / len(corpus)  # int32 doc + float32 value, int64 offsets
+    assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + 2 * index.d + postings, abs=0.1)
+    assert s["memory_postings_bytes_per_vector"] == pytest.approx(postings, abs=0.1)
     assert s["dense_float32_bytes_per_vector"] == 4 * index.d
     assert 0 < s["mean_nonzeros_per_code"] <= index.k
     assert 0 <= s["latents_unused_by_stored_codes"] < index.h

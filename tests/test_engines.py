@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from csr_index import SparseCodes
-from csr_index.engines import ENGINES, PrunedEngine, make_engine, resolve_engine_name
+from csr_index.engines import ENGINES, PrunedEngine, QueryBatch, make_engine, resolve_engine_name
 from csr_index.engines.base import sparse_query_arrays
 from csr_index.engines.kernels import half_lut
 from csr_index.engines.postings import Postings
@@ -23,14 +23,28 @@ from csr_index.engines.postings import Postings
 H = 96
 K = 8
 
-# (engine name, options): every configuration that must equal the reference
+# (engine name, options): every configuration that must equal the reference on sparse queries
 EXACT = [
     ("scipy", {}),
     ("inverted", {}),
     ("inverted", {"threads": 1}),
-    ("pruned", {"query_cut": None, "list_cut": None, "candidates": None}),
+    ("pruned", {"list_cut": None, "candidates": None}),
     ("torch", {"device": "cpu"}),
 ]
+# ... and on queries with a dense part (a shortlist engine only reaches docs sharing a term)
+EXACT_DENSE = [e for e in EXACT if e[0] != "pruned"]
+
+
+def sparse(queries: SparseCodes, offset=None) -> QueryBatch:
+    return QueryBatch(queries, offset=offset)
+
+
+def dense(q: np.ndarray, offset=None, terms: int = K) -> QueryBatch:
+    """A dense query batch whose terms are each row's ``terms`` largest positive coordinates."""
+    lat = np.argsort(-q, axis=1)[:, :terms]
+    val = np.take_along_axis(q, lat, axis=1)
+    val[val < 0] = 0.0
+    return QueryBatch(SparseCodes(lat.astype(np.uint16), val.astype(np.float32), q.shape[1]), dense=q, offset=offset)
 
 
 def random_codes(n: int, h: int = H, k: int = K, seed: int = 0, empty_slots: bool = True,
@@ -101,19 +115,35 @@ def extras(docs, queries):
 def test_exact_engines_sparse_queries(name, options, with_extras, docs, queries, extras):
     scale, offset = extras if with_extras else (None, None)
     engine = make_engine(name, docs, **options)
-    D, rows = engine.search_sparse(queries, 15, scale, offset)
+    D, rows = engine.search(sparse(queries, offset), 15, scale)
     assert_matches(D, rows, reference(queries, docs, scale, offset), 15)
 
 
 @pytest.mark.parametrize("name,options", EXACT, ids=lambda v: str(v))
+def test_deleted_rows_are_never_returned(name, options, docs, queries, extras):
+    scale, offset = extras
+    skip = (np.arange(docs.n) % 3 == 0).astype(np.uint8)
+    D, rows = make_engine(name, docs, **options).search(sparse(queries, offset), 15, scale, skip)
+    ref = reference(queries, docs, scale, offset)
+    ref[:, skip == 1] = -np.inf
+    assert_matches(D, rows, ref, 15)
+    assert not np.isin(rows, np.flatnonzero(skip)).any()
+
+
+@pytest.mark.parametrize("name,options", EXACT_DENSE, ids=lambda v: str(v))
 def test_exact_engines_dense_queries(name, options, docs, extras):
     scale, _ = extras
     rng = np.random.default_rng(3)
     q = rng.standard_normal((25, H)).astype(np.float32)
     offset = rng.standard_normal(25).astype(np.float32)
     engine = make_engine(name, docs, **options)
-    D, rows = engine.search_dense(q, 12, scale, offset)
+    D, rows = engine.search(dense(q, offset), 12, scale)
     assert_matches(D, rows, reference(q, docs, scale, offset), 12)
+    skip = (np.arange(docs.n) % 2).astype(np.uint8)
+    D, rows = engine.search(dense(q, offset), 12, scale, skip)
+    ref = reference(q, docs, scale, offset)
+    ref[:, skip == 1] = -np.inf
+    assert_matches(D, rows, ref, 12)
 
 
 @pytest.mark.parametrize("name,options", EXACT, ids=lambda v: str(v))
@@ -125,7 +155,7 @@ def test_padding_and_unreachable_docs(name, options):
     values[1] = 0.0  # an all-empty query reaches no doc
     values[2, 0] = -values[2, 0]  # negative query terms are allowed (asymmetric projections)
     q = SparseCodes(q.indices, values, q.h)
-    D, rows = make_engine(name, docs, **options).search_sparse(q, 50)
+    D, rows = make_engine(name, docs, **options).search(sparse(q), 50)
     assert_matches(D, rows, reference(q, docs), 50)
     assert np.all(rows[1] == -1) and np.all(D[1] == -np.inf)
 
@@ -134,9 +164,9 @@ def test_padding_and_unreachable_docs(name, options):
 def test_empty_engine(name):
     docs = SparseCodes(np.empty((0, K), np.uint16), np.empty((0, K), np.float32), H)
     engine = make_engine(name, docs)
-    D, rows = engine.search_sparse(random_codes(2, seed=6), 4)
+    D, rows = engine.search(sparse(random_codes(2, seed=6)), 4)
     assert D.shape == (2, 4) and np.all(rows == -1)
-    D, rows = engine.search_dense(np.ones((2, H), np.float32), 4)
+    D, rows = engine.search(dense(np.ones((2, H), np.float32)), 4)
     assert np.all(rows == -1)
 
 
@@ -154,13 +184,13 @@ def test_inverted_equals_brute_force(n, nq, k, topn, seed, threads):
     docs = random_codes(n, h=16, k=k, seed=seed)
     q = random_codes(nq, h=16, k=k, seed=seed + 1)
     scale = np.random.default_rng(seed).uniform(0.1, 3.0, n).astype(np.float32)
-    D, rows = make_engine("inverted", docs, threads=threads).search_sparse(q, topn, scale)
+    D, rows = make_engine("inverted", docs, threads=threads).search(sparse(q), topn, scale)
     assert_matches(D, rows, reference(q, docs, scale), topn)
 
 
 def test_threads_give_identical_results(docs, queries):
-    one = make_engine("inverted", docs, threads=1).search_sparse(queries, 10)
-    two = make_engine("inverted", docs, threads=2).search_sparse(queries, 10)
+    one = make_engine("inverted", docs, threads=1).search(sparse(queries), 10)
+    two = make_engine("inverted", docs, threads=2).search(sparse(queries), 10)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
 
@@ -169,9 +199,9 @@ def test_float16_values_are_exact_for_float16_codes(queries):
     docs = random_codes(500, seed=7, dtype=np.float16)
     engine = make_engine("inverted", docs, values="float16")
     assert engine.postings.vals.dtype == np.uint16
-    D, rows = engine.search_sparse(queries, 10)
+    D, rows = engine.search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
-    D, rows = make_engine("pruned", docs, values="float16", query_cut=None, candidates=None).search_sparse(queries, 10)
+    D, rows = make_engine("pruned", docs, values="float16", candidates=None).search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
 
 
@@ -234,8 +264,8 @@ def clustered():
 def test_pruned_reports_exact_scores_and_high_recall(clustered):
     docs, q = clustered
     ref = reference(q, docs)
-    engine = make_engine("pruned", docs, query_cut=4, list_cut=400, candidates=200)
-    D, rows = engine.search_sparse(q, 10)
+    engine = make_engine("pruned", docs, list_cut=400, candidates=200)
+    D, rows = engine.search(sparse(q), 10)
     ok = rows >= 0
     got = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
     np.testing.assert_allclose(D[ok], got[ok], rtol=1e-4, atol=1e-4)
@@ -250,11 +280,11 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
     truth = np.argsort(-reference(q, docs), axis=1)[:, :10]
 
     def recall(**opts) -> float:
-        rows = make_engine("pruned", docs, **opts).search_sparse(q, 10)[1]
+        rows = make_engine("pruned", docs, **opts).search(sparse(q), 10)[1]
         return float(np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)]))
 
-    tight = recall(query_cut=1, list_cut=20, candidates=10)
-    loose = recall(query_cut=6, list_cut=2000, candidates=500)
+    tight = recall(list_cut=20, candidates=10)
+    loose = recall(list_cut=2000, candidates=500)
     assert tight < loose and loose >= 0.95
 
 
@@ -262,18 +292,19 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     scale, _ = extras
     q = np.random.default_rng(9).standard_normal((10, H)).astype(np.float32)
     ref = reference(q, docs, scale)
-    D, rows = make_engine("pruned", docs, query_cut=H, candidates=None).search_dense(q, 10, scale)
-    # every positive coordinate is looked up: the shortlist holds every doc with a positive term
+    batch = dense(q, terms=H)  # every positive coordinate is a term
+    D, rows = make_engine("pruned", docs, candidates=None).search(batch, 10, scale)
+    # the shortlist holds every doc sharing a positive term, each scored exactly with the dense query
     reachable = (q > 0).astype(float) @ (docs.to_dense() != 0).T.astype(float) > 0
-    ref_reachable = np.where(reachable, ref, -np.inf)
-    assert_matches(D, rows, ref_reachable, 10)
-    D, rows = make_engine("pruned", docs, query_cut=None).search_dense(q, 10, scale)
-    assert_matches(D, rows, ref, 10)
+    assert_matches(D, rows, np.where(reachable, ref, -np.inf), 10)
+    D, rows = make_engine("pruned", docs, candidates=50).search(batch, 10, scale)
+    found = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
+    np.testing.assert_allclose(D[rows >= 0], found[rows >= 0], rtol=1e-4, atol=1e-4)  # exact scores
 
 
-@pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
+@pytest.mark.parametrize("bad", [{"candidates": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
 def test_pruned_rejects_bad_options(docs, bad):
-    with pytest.raises(ValueError):
+    with pytest.raises((ValueError, TypeError)):
         PrunedEngine(docs, **bad)
 
 
@@ -281,22 +312,24 @@ def test_pruned_rejects_bad_options(docs, bad):
 
 
 def test_registry_names_and_options(docs):
-    assert resolve_engine_name("auto", "cpu") == "inverted"
+    assert resolve_engine_name("auto", "cpu") == "pruned"
     assert resolve_engine_name("auto", "cuda") == "torch"
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("faiss", docs)
     with pytest.raises(ValueError, match="no option"):
-        make_engine("inverted", docs, query_cut=3)
-    assert make_engine("auto", docs, device="cpu").name == "inverted"
+        make_engine("inverted", docs, candidates=3)
+    assert make_engine("auto", docs, device="cpu").name == "pruned"
 
 
 def test_wrong_query_width_is_rejected(docs):
     for name in ENGINES:
         engine = make_engine(name, docs)
         with pytest.raises(ValueError):
-            engine.search_dense(np.ones((1, H + 1), np.float32), 3)
+            engine.search(QueryBatch(random_codes(1), dense=np.ones((1, H + 1), np.float32)), 3)
         with pytest.raises(ValueError):
-            engine.search_sparse(random_codes(1, h=H + 8), 3)
+            engine.search(sparse(random_codes(1, h=H + 8)), 3)
+        with pytest.raises(ValueError, match="skip"):
+            engine.search(sparse(random_codes(1)), 3, skip=np.zeros(docs.n + 1, np.uint8))
 
 
 def test_torch_engine_holds_a_sparse_csr_tensor(docs):
@@ -308,8 +341,8 @@ def test_torch_engine_holds_a_sparse_csr_tensor(docs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_torch_engine_on_cuda_equals_cpu(docs, queries, extras):
     scale, offset = extras
-    cpu = make_engine("inverted", docs).search_sparse(queries, 10, scale, offset)
-    gpu = make_engine("torch", docs, device="cuda").search_sparse(queries, 10, scale, offset)
+    cpu = make_engine("inverted", docs).search(sparse(queries, offset), 10, scale)
+    gpu = make_engine("torch", docs, device="cuda").search(sparse(queries, offset), 10, scale)
     np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-4, atol=1e-4)
     assert_matches(*gpu, reference(queries, docs, scale, offset), 10)
 
@@ -318,21 +351,20 @@ def test_torch_engine_on_cuda_equals_cpu(docs, queries, extras):
 
 
 @pytest.mark.parametrize("name", ["scipy", "inverted", "torch"])
-@pytest.mark.parametrize("score,k", [("code", None), ("asymmetric", 4), ("asymmetric", None)])
+@pytest.mark.parametrize("score,k", [("code", None), ("code", 4), ("asymmetric", 4), ("asymmetric", None)])
 def test_index_results_do_not_depend_on_the_exact_engine(filled_index_factory, queries_dense, name, score, k):
     index = filled_index_factory()
-    want = index.set_engine("scipy").search(queries_dense, 10, score=score, k=k)
-    got = index.set_engine(name).search(queries_dense, 10, score=score, k=k)
+    want = index.set_engine("scipy").search(queries_dense, 10, score=score, query_k=k)
+    got = index.set_engine(name).search(queries_dense, 10, score=score, query_k=k)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
-    assert index.engine.name == name
     same = (got[1] == want[1]).mean()
     assert same >= 0.95  # ties aside
 
 
 def test_index_pruned_engine_with_rerank(filled_index_factory, queries_dense):
     index = filled_index_factory(store_vectors=True)
-    exact = index.set_engine("inverted").search(queries_dense, 5, k=8, rerank=50)
-    approx = index.set_engine("pruned", query_cut=8, candidates=None).search(queries_dense, 5, k=8, rerank=50)
+    exact = index.set_engine("inverted").search(queries_dense, 5, score="code", rerank=50)
+    approx = index.set_engine("pruned", candidates=None).search(queries_dense, 5, score="code", rerank=50)
     np.testing.assert_allclose(approx[0], exact[0], rtol=1e-4, atol=1e-5)
 
 
@@ -340,7 +372,7 @@ def test_index_engine_choice_is_validated(make_index):
     with pytest.raises(ValueError, match="unknown engine"):
         make_index().set_engine("nope")
     index = make_index()
-    assert index.set_engine("pruned", query_cut=4) is index
+    assert index.set_engine("pruned", candidates=4) is index
 
 
 @pytest.fixture(scope="module")
@@ -354,8 +386,7 @@ def queries_dense(embeddings) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_rerank_equals_numpy_reference(dtype, threads):
-    from csr_index.engines.rerank import rerank_topn
-    from csr_index.search import rerank_exact
+    from csr_index.rerank import rerank_topn
 
     rng = np.random.default_rng(12)
     vectors = rng.standard_normal((400, 24)).astype(dtype)
@@ -363,21 +394,33 @@ def test_rerank_equals_numpy_reference(dtype, threads):
     cand = np.stack([rng.choice(400, 30, replace=False) for _ in range(15)])
     cand[0, 3:] = -1  # fewer candidates than asked for
     cand[1, :] = -1
-    want = rerank_exact(q, cand, vectors, 8)
     got = rerank_topn(q, cand, vectors, 8, threads=threads)
     exact = vectors.astype(np.float64) @ q.astype(np.float64).T  # (n, nq)
-    ref = np.full(cand.shape, -np.inf)
-    ok = cand >= 0
-    ref[ok] = exact.T[np.nonzero(ok)[0], cand[ok]]
     full = np.full((15, 400), -np.inf)
-    np.put_along_axis(full, np.maximum(cand, 0), np.where(ok, ref, -np.inf), axis=1)
+    ok = cand >= 0
+    np.put_along_axis(full, np.maximum(cand, 0), np.where(ok, exact.T[np.arange(15)[:, None], np.maximum(cand, 0)],
+                                                          -np.inf), axis=1)
     full[:, 0] = np.where((cand == 0).any(1), exact.T[:, 0], -np.inf)
     assert_matches(*got, full, 8)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nq", [1, 7, 3000])
+def test_exact_scan_equals_numpy_in_bounded_blocks(nq, monkeypatch):
+    import csr_index.rerank as rr
+
+    monkeypatch.setattr(rr, "SCAN_ELEMENTS", 4096)  # many small blocks of rows and of queries
+    rng = np.random.default_rng(14)
+    vectors = rng.standard_normal((2500, 16)).astype(np.float16)
+    q = rng.standard_normal((nq, 16)).astype(np.float32)
+    skip = (rng.random(2500) < 0.2).astype(np.uint8)
+    D, rows = rr.exact_topn(q, vectors, 9, skip)
+    ref = q.astype(np.float64) @ vectors.astype(np.float64).T
+    ref[:, skip == 1] = -np.inf
+    assert_matches(D, rows, ref, 9)
 
 
 def test_int8_originals_keep_scores_close():
-    from csr_index.engines.rerank import quantize_int8, rerank_topn
+    from csr_index.rerank import quantize_int8, rerank_topn
 
     rng = np.random.default_rng(13)
     x = rng.standard_normal((300, 32)).astype(np.float32)
@@ -397,13 +440,12 @@ def test_int8_originals_keep_scores_close():
 
 def test_engine_follows_added_vectors(make_index, corpus, queries_dense):
     index = make_index()
-    index.set_engine("pruned", query_cut=8, candidates=None)
+    index.set_engine("pruned", candidates=None)
     index.add(corpus[:300])
-    first = index.engine
-    assert first.n == 300
+    D, I = index.search(queries_dense, 5, score="code")
+    assert I.max() < 300
     index.add(corpus[300:])
-    D, I = index.search(queries_dense, 5, k=8)
-    assert index.engine is not first and index.engine.n == len(corpus)
+    D, I = index.search(queries_dense, 5, score="code")
     assert (I >= 300).any()
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import csr_index.search
+import csr_index.engines.reference
 
 # ------------------------------------------------------------------ references
 
@@ -44,30 +44,20 @@ def reference_code_scores(index, xq, k=None) -> np.ndarray:
     return scores
 
 
-def reference_asymmetric_scores(index, xq, k=None) -> np.ndarray:
-    """score='asymmetric'.
-
-    k=None: ``x_q . decode(z_d)`` for every doc, divided by ``||decode(z_d)||`` under cosine.
-    k=k':   the projected query ``x_q @ W.T`` kept on the non-empty latents of the query's
-            k'-code, dotted with z_d, plus ``x_q . pre_bias``; only docs sharing one of those
-            latents count.
-    """
+def reference_asymmetric_scores(index, xq, support_k=None) -> np.ndarray:
+    """score='asymmetric': ``x_q . decode(z_d)`` for every doc, divided by ``||decode(z_d)||``
+    under cosine. ``support_k``: what the pruned engine can find without a candidate cap —
+    only docs sharing a latent with the query's ``support_k``-code are results."""
     x = prepared(index, xq)
     codes = index.codes()
-    z = codes.to_dense().astype(np.float64)
     recon = index.decode(codes).astype(np.float64)
-    if k is None:
-        scores = x @ recon.T
-    else:
-        W = index.adapter.W.detach().numpy().astype(np.float64)
-        b = index.adapter.pre_bias.detach().numpy().astype(np.float64)
-        mask = (index.encode(xq, k=k).to_dense() > 0).astype(np.float64)
-        scores = (x @ W.T * mask) @ z.T + (x @ b)[:, None]
-        shares = (mask @ (z > 0).T) > 0
+    scores = x @ recon.T
     if index.metric == "cosine":
         scores = scores / np.linalg.norm(recon, axis=1)[None, :]
-    if k is not None:
-        scores[~shares] = -np.inf
+    if support_k is not None:
+        support = index.encoder.encode_prepared(index.prepare(xq), support_k, refit=False)[0]  # raw top-k latents
+        mask = (support.to_dense() > 0).astype(np.float64)
+        scores[(mask @ (codes.to_dense() > 0).T) == 0] = -np.inf
     return scores
 
 
@@ -122,8 +112,8 @@ DTYPES = ["float32", "float16"]
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("k", [None, 3])
 def test_code_search_matches_brute_force(filled_index_factory, queries, metric, values_dtype, k):
-    index = filled_index_factory(metric=metric, values_dtype=values_dtype)
-    D, I = index.search(queries, topk=10, k=k, score="code")
+    index = filled_index_factory(metric=metric, values_dtype=values_dtype).set_engine("inverted")
+    D, I = index.search(queries, topk=10, query_k=k, score="code")
     assert_matches_reference(index, D, I, reference_code_scores(index, queries, k), **tolerance(values_dtype))
 
 
@@ -146,17 +136,39 @@ def test_code_search_pads_when_few_docs_share_a_latent(index, corpus, queries):
 @pytest.mark.parametrize("values_dtype", DTYPES)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("k", [1, 4, 8])
-def test_asymmetric_search_with_query_k_matches_brute_force(filled_index_factory, queries, metric, values_dtype, k):
-    index = filled_index_factory(metric=metric, values_dtype=values_dtype)
-    D, I = index.search(queries, topk=10, k=k, score="asymmetric")
+def test_pruned_asymmetric_search_finds_docs_sharing_the_query_latents(filled_index_factory, queries, metric,
+                                                                       values_dtype, k):
+    """The default engine reads the posting lists of the query's query_k latents and scores what it finds
+    exactly; without a candidate cap that is every doc sharing one of those latents."""
+    index = filled_index_factory(metric=metric, values_dtype=values_dtype).set_engine("pruned", candidates=None)
+    D, I = index.search(queries, topk=10, query_k=k, score="asymmetric")
     assert_matches_reference(index, D, I, reference_asymmetric_scores(index, queries, k), **tolerance(values_dtype))
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_asymmetric_search_without_k_scores_every_reconstruction(filled_index_factory, queries, metric):
-    index = filled_index_factory(metric=metric)
-    D, I = index.search(queries, topk=10, score="asymmetric")
-    assert_matches_reference(index, D, I, reference_asymmetric_scores(index, queries, None))
+@pytest.mark.parametrize("query_k", [None, 2])
+def test_exact_asymmetric_search_scores_every_reconstruction(filled_index_factory, queries, metric, query_k):
+    """The exact engine scans every code: query_k only steers shortlists, it never changes the score."""
+    index = filled_index_factory(metric=metric).set_engine("inverted")
+    D, I = index.search(queries, topk=10, score="asymmetric", query_k=query_k)
+    assert_matches_reference(index, D, I, reference_asymmetric_scores(index, queries))
+
+
+def test_default_query_k_written_out_is_the_default(filled_index, queries):
+    for score in ("code", "asymmetric"):
+        D0, I0 = filled_index.search(queries, 10, score=score)
+        D1, I1 = filled_index.search(queries, 10, score=score, query_k=filled_index.k)
+        np.testing.assert_array_equal(I1, I0)
+        np.testing.assert_array_equal(D1, D0)
+
+
+def test_k_means_the_number_of_results_as_in_faiss(filled_index, queries):
+    D, I = filled_index.search(queries, k=5)
+    assert D.shape == I.shape == (len(queries), 5)
+    np.testing.assert_array_equal(I, filled_index.search(queries, 5)[1])
+    assert filled_index.search(queries)[1].shape == (len(queries), 10)
+    with pytest.raises(ValueError, match="query_k"):
+        filled_index.search(queries, 10, k=5)
 
 
 def test_asymmetric_is_the_default_score(filled_index, queries):
@@ -182,8 +194,8 @@ def test_query_scale_matters_only_under_ip(filled_index_factory, queries):
 @pytest.mark.parametrize("score, k", [("code", None), ("asymmetric", 4)])
 def test_rerank_is_exact_over_the_shortlist(filled_index_factory, queries, metric, score, k):
     index = filled_index_factory(metric=metric, store_vectors=True)
-    _, shortlist = index.search(queries, topk=30, k=k, score=score, rerank=0)
-    D, I = index.search(queries, topk=5, k=k, score=score, rerank=30)
+    _, shortlist = index.search(queries, topk=30, query_k=k, score=score, rerank=0)
+    D, I = index.search(queries, topk=5, query_k=k, score=score, rerank=30)
     ref = reference_rerank_scores(index, queries, shortlist)
     assert_matches_reference(index, D, I, ref, rtol=1e-4, atol=1e-4)
 
@@ -258,7 +270,7 @@ def test_several_add_batches_equal_one_batch(make_index, corpus, queries):
     many.search(queries[:1], 1)  # a search between adds must not break anything
     np.testing.assert_array_equal(many.ids, np.arange(len(corpus)))
     assert many.ntotal == one.ntotal == len(corpus)
-    for kwargs in (dict(score="code"), dict(score="asymmetric", k=4), dict(rerank=40)):
+    for kwargs in (dict(score="code"), dict(score="asymmetric", query_k=4), dict(rerank=40), dict(score="exact")):
         D0, I0 = one.search(queries, 10, **kwargs)
         D1, I1 = many.search(queries, 10, **kwargs)
         np.testing.assert_array_equal(I1, I0)
@@ -286,6 +298,7 @@ def test_idf_weights_lower_the_busiest_latents(filled_index):
 
 
 def test_add_between_searches_is_seen(index, corpus, queries):
+    index.set_engine("inverted")
     index.add(corpus[:300])
     _, I_half = index.search(queries, 10)
     index.add(corpus[300:])
@@ -331,11 +344,11 @@ def test_float16_values_give_nearly_the_same_results(filled_index_factory, queri
 
 @pytest.mark.parametrize("score, k", [("code", None), ("asymmetric", 3)])
 def test_scoring_in_blocks_gives_the_same_results(filled_index_factory, queries, monkeypatch, score, k):
-    index = filled_index_factory()
-    D0, I0 = index.search(queries, 10, k=k, score=score)
+    index = filled_index_factory().set_engine("scipy")
+    D0, I0 = index.search(queries, 10, query_k=k, score=score)
     # force blocks of 5 queries (the per-query offset must follow its query)
-    monkeypatch.setattr(csr_index.search, "BLOCK_BYTES", 8 * index.ntotal * 5)
-    D1, I1 = index.search(queries, 10, k=k, score=score)
+    monkeypatch.setattr(csr_index.engines.reference, "BLOCK_BYTES", 8 * index.ntotal * 5)
+    D1, I1 = index.search(queries, 10, query_k=k, score=score)
     np.testing.assert_array_equal(I1, I0)
     np.testing.assert_array_equal(D1, D0)
 
@@ -354,11 +367,11 @@ def test_scoring_in_blocks_gives_the_same_results(filled_index_factory, queries,
     k=st.integers(1, 8),
 )
 def test_property_engine_equals_brute_force(make_index, seed, n_docs, n_queries, topk, metric, mode, k):
-    index = make_index(metric=metric)
+    index = make_index(metric=metric).set_engine("inverted")
     rng = np.random.default_rng(seed)
     docs = rng.standard_normal((n_docs, index.d)).astype(np.float32)
     xq = rng.standard_normal((n_queries, index.d)).astype(np.float32)
     index.add_with_ids(docs, rng.permutation(10 * n_docs)[:n_docs])
-    D, I = index.search(xq, topk, k=k, score=mode)
-    ref = reference_code_scores(index, xq, k) if mode == "code" else reference_asymmetric_scores(index, xq, k)
+    D, I = index.search(xq, topk, query_k=k, score=mode)
+    ref = reference_code_scores(index, xq, k) if mode == "code" else reference_asymmetric_scores(index, xq)
     assert_matches_reference(index, D, I, ref)

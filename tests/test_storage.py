@@ -18,7 +18,21 @@ def manifest_of(path: Path) -> dict:
 
 
 def data_file(path: Path, role: str) -> Path:
-    return path / manifest_of(path)["files"][role]["name"]
+    """The adapter file, or the codes / vectors file of the first segment."""
+    m = manifest_of(path)
+    entry = m["adapter"] if role == "adapter" else m["segments"][0]["files"][role]
+    return path / entry["name"]
+
+
+def listed(path: Path) -> set[str]:
+    """Every data file the manifest names."""
+    m = manifest_of(path)
+    names = {m["adapter"]["name"]} | {e["name"] for seg in m["segments"] for e in seg["files"].values()}
+    return names | ({m["tombstones"]["name"]} if m.get("tombstones") else set())
+
+
+def on_disk(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()} - {"manifest.json", ".lock"}
 
 
 def assert_same_results(a: CSRIndex, b: CSRIndex, queries, **kwargs):
@@ -95,7 +109,8 @@ def test_round_trip_keeps_keys_and_stats(saved, queries):
 
 def test_loaded_arrays_are_read_only_views_of_the_files(saved):
     loaded = CSRIndex.load(saved[1])
-    for arr in (loaded.codes().indices, loaded.codes().values, loaded.vectors(), loaded.ids):
+    segment = loaded._store.snapshot.segments[0]
+    for arr in (loaded.codes().indices, loaded.codes().values, loaded.vectors(), segment.ids, segment.norms):
         assert not arr.flags.writeable
         assert not arr.flags.owndata  # a view on the memory-mapped Arrow buffer, not a copy
 
@@ -122,17 +137,16 @@ def test_describe_reads_only_the_manifest(saved):
     index, path = saved
     info = CSRIndex.describe(path)
     assert info["format"] == "csr-index" and info["format_version"] == csr_index.storage.FORMAT_VERSION
-    assert (info["d"], info["k"], info["h"], info["ntotal"]) == (index.d, index.k, index.h, index.ntotal)
-    assert set(info["files"]) == {"adapter", "codes", "vectors"}
-    assert info["dtypes"] == {"indices": "uint16", "values": "float32", "vectors": "float16"}
+    enc = info["encoder"]
+    assert (enc["d"], enc["k"], enc["h"], info["ntotal"]) == (index.d, index.k, index.h, index.ntotal)
+    assert [set(seg["files"]) for seg in info["segments"]] == [{"codes", "vectors"}]
+    assert info["index"] == {"k_doc": index.k_doc, "store_vectors": True, "values_dtype": "float32"}
 
 
 def test_directory_layout(saved):
     path = saved[1]
-    names = sorted(p.name for p in path.iterdir())
-    assert "manifest.json" in names and len(names) == 4
-    listed = {e["name"] for e in manifest_of(path)["files"].values()}
-    assert listed == set(names) - {"manifest.json"}
+    assert len(on_disk(path)) == 3 and (path / "manifest.json").exists()
+    assert listed(path) == on_disk(path)
 
 
 # --------------------------------------------------------------- missing files
@@ -190,7 +204,7 @@ def test_manifest_that_is_not_json(saved_copy, text):
         CSRIndex.load(path)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", None])
 def test_other_format_version(saved_copy, version):
     _, path = saved_copy
     manifest = manifest_of(path)
@@ -202,9 +216,15 @@ def test_other_format_version(saved_copy, version):
         CSRIndex.describe(path)
 
 
-def _set(key, value):
+def _set(key, value, section=None):
     def edit(m):
-        m[key] = value
+        (m[section] if section else m)[key] = value
+    return edit
+
+
+def _encoder_and_config(key, value):
+    def edit(m):
+        m["encoder"][key] = m["encoder"]["config"][key] = value
     return edit
 
 
@@ -214,14 +234,10 @@ def _drop(key):
     return edit
 
 
-def _file_name(role, name):
+def _file_name(name):
     def edit(m):
-        m["files"][role]["name"] = name
+        m["segments"][0]["files"]["codes"]["name"] = name
     return edit
-
-
-def _values_dtype(m):
-    m["dtypes"]["values"] = "float16"
 
 
 @pytest.mark.parametrize(
@@ -230,16 +246,18 @@ def _values_dtype(m):
         pytest.param(_set("format", "something-else"), "not a csr-index manifest", id="format"),
         pytest.param(lambda m: m.clear(), "not a csr-index manifest", id="empty-object"),
         pytest.param(_set("ntotal", 601), "the manifest says 601", id="ntotal"),
-        pytest.param(_set("k", 4), "incomplete or invalid: k_doc=8 exceeds the maximum of 4", id="k"),
-        pytest.param(_set("k_doc", 4), "codes have shape", id="k_doc"),
-        pytest.param(_set("h", 64), "adapter tensors", id="h"),
-        pytest.param(_set("d", 16), "adapter tensors", id="d"),
-        pytest.param(_set("metric", "l2"), "incomplete or invalid", id="metric"),
-        pytest.param(_drop("config"), "incomplete or invalid", id="no-config"),
-        pytest.param(_drop("files"), "does not list the adapter and codes", id="no-files"),
-        pytest.param(_values_dtype, "expected fixed_size_list<float16>", id="values-dtype"),
-        pytest.param(_file_name("codes", "../../etc/passwd"), "bad entry", id="path-traversal"),
-        pytest.param(_file_name("codes", "manifest.json"), "bad entry", id="foreign-name"),
+        pytest.param(_set("k", 4, "encoder"), "k=4 conflicts with CSRConfig", id="k-vs-config"),
+        pytest.param(_encoder_and_config("k", 4), "incomplete or invalid: k_doc=8 exceeds the maximum of 4", id="k"),
+        pytest.param(_set("k_doc", 4, "index"), "codes have shape", id="k_doc"),
+        pytest.param(_encoder_and_config("h", 64), "adapter tensors", id="h"),
+        pytest.param(_set("d", 16, "encoder"), "adapter tensors", id="d"),
+        pytest.param(_set("metric", "l2", "encoder"), "incomplete or invalid", id="metric"),
+        pytest.param(lambda m: m["encoder"].pop("config"), "incomplete or invalid", id="no-config"),
+        pytest.param(_drop("segments"), "lacks its 'segments'", id="no-segments"),
+        pytest.param(_drop("adapter"), "bad file entry", id="no-adapter"),
+        pytest.param(_set("values_dtype", "float16", "index"), "expected fixed_size_list<float16>", id="values-dtype"),
+        pytest.param(_file_name("../../etc/passwd"), "bad file entry", id="path-traversal"),
+        pytest.param(_file_name("manifest.json"), "bad file entry", id="foreign-name"),
     ],
 )
 def test_tampered_manifest_is_corrupt(saved_copy, edit, fragment):
@@ -279,9 +297,9 @@ def _fail_on_call(n, real):
 @pytest.mark.parametrize(
     "target, call",
     [
+        ("_write_table", 1),  # crash while writing the codes
         ("_write_table", 2),  # codes written, crash while writing the vectors
-        ("_write_bytes", 1),  # crash on the adapter file
-        ("_write_bytes", 2),  # crash writing the new manifest
+        ("_write_bytes", 1),  # crash writing the new manifest (the adapter file is shared, not rewritten)
         ("os.replace", 1),  # crash at the commit point
     ],
 )
@@ -309,10 +327,8 @@ def test_crashed_save_keeps_the_previous_index(filled_index_factory, corpus, que
     assert_same_results(expected, survivor, queries)
 
     new.save(path)  # a later successful save cleans the orphans of the crashed one
-    names = sorted(p.name for p in path.iterdir())
-    listed = {e["name"] for e in manifest_of(path)["files"].values()}
-    assert set(names) == listed | {"manifest.json"}
-    assert not set(names) & set(before) - {"manifest.json"}
+    assert on_disk(path) == listed(path)
+    assert not on_disk(path) & set(before) - {data_file(path, "adapter").name}  # the adapter is shared
     assert CSRIndex.load(path).ntotal == 50
 
 
@@ -326,9 +342,7 @@ def test_crash_on_first_save_leaves_no_loadable_index(index, corpus, tmp_path, m
     with pytest.raises(MissingIndexFileError):
         CSRIndex.load(path)
     index.save(path)  # the half-written directory is ours: saving again is allowed and cleans it
-    assert sorted(p.name for p in path.iterdir()) == sorted(
-        {e["name"] for e in manifest_of(path)["files"].values()} | {"manifest.json"}
-    )
+    assert on_disk(path) == listed(path)
 
 
 def test_saving_into_a_foreign_directory_is_refused(index, corpus, tmp_path):
@@ -367,18 +381,73 @@ def test_saving_into_an_empty_directory_works(index, corpus, tmp_path):
     assert CSRIndex.load(tmp_path).ntotal == 10
 
 
-def test_resave_over_itself_after_load(saved_copy, queries):
+def test_resave_over_itself_after_load_rewrites_nothing(saved_copy, queries):
     index, path = saved_copy
     loaded = CSRIndex.load(path)  # its codes and vectors are memory-mapped from files in path
-    old_files = {e["name"] for e in manifest_of(path)["files"].values()}
+    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir() if p.name in listed(path)}
     loaded.save(path)
-    new_files = {e["name"] for e in manifest_of(path)["files"].values()}
-    assert not old_files & new_files and not any((path / n).exists() for n in old_files)
+    assert {p.name: p.stat().st_mtime_ns for p in path.iterdir() if p.name in listed(path)} == before
     assert_same_results(index, loaded, queries, rerank=30)  # the mapped arrays still read fine
     again = CSRIndex.load(path)
     assert_same_results(index, again, queries, rerank=30)
-    again.save(path)  # and once more, from the new generation
-    assert_same_results(index, CSRIndex.load(path), queries)
+
+
+def test_saving_after_a_small_add_writes_only_the_new_segment(saved_copy, corpus, queries):
+    index, path = saved_copy
+    loaded = CSRIndex.load(path)
+    old = {p.name: p.stat().st_mtime_ns for p in path.iterdir() if p.name in listed(path)}
+    loaded.add(corpus[:7])
+    assert not loaded.vectors().flags.owndata or loaded._store.snapshot.segments[0].vectors.base is not None
+    loaded.save(path)
+    now = listed(path)
+    assert set(old) <= now and len(now - set(old)) == 2  # one new segment: codes + vectors
+    assert all((path / name).stat().st_mtime_ns == t for name, t in old.items())
+    again = CSRIndex.load(path)
+    assert again.ntotal == index.ntotal + 7
+    np.testing.assert_array_equal(again.search(queries, 5)[1], loaded.search(queries, 5)[1])
+
+
+def test_removed_ids_stay_removed_after_save_and_load(saved_copy, queries):
+    index, path = saved_copy
+    loaded = CSRIndex.load(path)
+    _, I = loaded.search(queries, 5)
+    gone = np.unique(I[:, 0])
+    assert loaded.remove_ids(gone) == len(gone)
+    loaded.save(path)
+    again = CSRIndex.load(path)
+    assert again.ntotal == index.ntotal - len(gone)
+    for score in ("code", "asymmetric", "exact"):
+        _, I2 = again.search(queries, 20, score=score)
+        assert not np.isin(I2, gone).any()
+    with pytest.raises(KeyError):
+        again.keys_of(gone[:1])
+
+
+def test_a_second_writer_is_refused_while_one_saves(saved_copy, monkeypatch):
+    index, path = saved_copy
+    import fcntl
+
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process (here: this one) is saving
+        with pytest.raises(RuntimeError, match="another process is saving"):
+            CSRIndex.load(path).save(path)
+    finally:
+        os.close(fd)
+    CSRIndex.load(path).save(path)  # once it is done, saving works
+
+
+def test_new_files_are_durable_before_the_manifest_names_them(filled_index_factory, tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = csr_index.storage._fsync, os.replace
+    monkeypatch.setattr(csr_index.storage, "_fsync", lambda p: (events.append(("fsync", p.name)), real_fsync(p)))
+    monkeypatch.setattr(csr_index.storage.os, "replace", lambda a, b: (events.append(("replace", b.name)),
+                                                                         real_replace(a, b)))
+    path = tmp_path / "ix"
+    filled_index_factory(store_vectors=True).save(path)
+    commit = events.index(("replace", "manifest.json"))
+    assert ("fsync", path.name) in events[:commit], "the directory must be fsynced before the manifest swap"
+    assert events[commit + 1] == ("fsync", path.name)
 
 
 def test_load_without_verify_still_reads(saved):
@@ -430,7 +499,7 @@ def test_wide_code_space_uses_uint32_indices(embeddings, tmp_path, tiny_config):
     index.add(x)
     assert index.codes().indices.dtype == np.uint32
     index.save(tmp_path / "wide")
-    assert CSRIndex.describe(tmp_path / "wide")["dtypes"]["indices"] == "uint32"
+    assert CSRIndex.load(tmp_path / "wide").codes().indices.dtype == np.uint32
     loaded = CSRIndex.load(tmp_path / "wide")
     for score in ("code", "asymmetric"):
         Da, Ia = index.search(x[:5], 3, score=score)

@@ -136,7 +136,7 @@ def test_inference_does_not_change_parameters(make_index, corpus, queries, tmp_p
     index.add(corpus)
     codes = index.encode(queries)
     index.decode(codes)
-    for kwargs in (dict(score="code"), dict(score="asymmetric"), dict(k=3), dict(rerank=20)):
+    for kwargs in (dict(score="code"), dict(score="asymmetric"), dict(query_k=3), dict(rerank=20), dict(score="exact")):
         index.search(queries, 5, **kwargs)
     index.reconstruct_codes([0, 1])
     index.stats()
@@ -265,7 +265,7 @@ def test_unknown_pre_bias_init(corpus, tiny_config):
 def test_retraining_replaces_the_adapter(make_index, corpus, tiny_config):
     index = make_index()
     old = copy.deepcopy(state(index.adapter))
-    index.config = tiny_config(steps=5, seed=9, k=K, h=H)
+    index.encoder.config = tiny_config(steps=5, seed=9, k=K, h=H)
     index.train(corpus[:200])
     assert not np.array_equal(old["W"], state(index.adapter)["W"])
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from csr_index import CSRConfig, CSRIndex, NotTrainedError
-from csr_index.validation import as_ids, as_matrix, check_k
+from csr_index.validation import as_ids, as_matrix, check_positive
 
 D = 32
 
@@ -44,9 +44,15 @@ def test_defaults():
     assert not index.is_trained and index.ntotal == 0 and len(index) == 0
 
 
-def test_config_k_and_h_are_overridden_by_arguments():
-    index = CSRIndex(D, k=4, h=64, config=CSRConfig(k=99, h=999, steps=5))
-    assert (index.config.k, index.config.h, index.config.steps) == (4, 64, 5)
+def test_config_k_and_h_conflicting_with_arguments_are_refused():
+    with pytest.raises(ValueError, match="k=4 conflicts with CSRConfig\\(k=99\\)"):
+        CSRIndex(D, k=4, h=64, config=CSRConfig(k=99, steps=5))
+    with pytest.raises(ValueError, match="h=64 conflicts with CSRConfig\\(h=999\\)"):
+        CSRIndex(D, k=4, h=64, config=CSRConfig(h=999, steps=5))
+    index = CSRIndex(D, config=CSRConfig(k=6, h=48, steps=5))  # given once, in the config: used
+    assert (index.k, index.h, index.config.k, index.config.h, index.config.steps) == (6, 48, 6, 48, 5)
+    same = CSRIndex(D, k=6, config=CSRConfig(k=6))  # the same value twice is no conflict
+    assert same.k == 6 and same.h == 4 * D
 
 
 def test_config_from_dict_rejects_unknown_fields():
@@ -159,13 +165,15 @@ def test_error_messages_name_the_argument(index):
         (dict(topk=0), ValueError, "topk must be positive"),
         (dict(topk=-5), ValueError, "topk must be positive"),
         (dict(topk=2.0), TypeError, "topk must be an integer"),
-        (dict(k=0), ValueError, "k must be positive"),
-        (dict(k=-1), ValueError, "k must be positive"),
-        (dict(k=9), ValueError, "k=9 exceeds the maximum of 8"),  # the index's k=8 is the query maximum
+        (dict(query_k=0), ValueError, "query_k must be positive"),
+        (dict(query_k=-1), ValueError, "query_k must be positive"),
+        (dict(query_k=9), ValueError, "query_k=9 exceeds the maximum of 8"),  # the index's k=8 is the maximum
+        (dict(k=0), ValueError, "number of results"),  # k is FAISS's name for topk: two different values
         (dict(score="dense"), ValueError, "score must be one of"),
-        (dict(rerank=50), ValueError, "rerank needs the original vectors"),
-        (dict(rerank=-1), ValueError, "rerank must be a non-negative integer"),
-        (dict(rerank=True), ValueError, "rerank must be a non-negative integer"),
+        (dict(rerank=50), ValueError, "need the originals"),
+        (dict(score="exact"), ValueError, "need the originals"),
+        (dict(rerank=-1), ValueError, "rerank must be positive"),
+        (dict(rerank=True), TypeError, "rerank must be an integer"),
     ],
 )
 def test_search_rejects_bad_arguments(filled_index, queries, kwargs, exc, fragment):
@@ -216,11 +224,14 @@ def test_ids_already_in_the_index_are_refused(index, corpus):
     assert index.ntotal == 3
 
 
-def test_add_after_add_with_ids_can_clash(index, corpus):
-    # add() numbers new vectors ntotal.., which may already be taken
+def test_add_numbers_after_the_largest_id(index, corpus):
     index.add_with_ids(corpus[:2], [2, 3])
-    with pytest.raises(ValueError, match="ids already in the index"):
-        index.add(corpus[2:4])
+    index.add(corpus[2:4])  # not ntotal.. (0, 1): after the largest id ever given, so never a clash
+    np.testing.assert_array_equal(np.sort(index.ids), [2, 3, 4, 5])
+    with pytest.raises(ValueError, match="ids already in the index: \\[3\\]"):
+        index.add_with_ids(corpus[4:5], [3])
+    index.add_with_ids(corpus[4:5], [3], upsert=True)
+    assert index.ntotal == 4
 
 
 @pytest.mark.parametrize("n_keys", [2, 4])
@@ -236,10 +247,11 @@ def test_as_ids_helper():
 
 
 @pytest.mark.parametrize("k, exc", [(0, ValueError), (11, ValueError), (1.0, TypeError), (np.bool_(True), TypeError)])
-def test_check_k_helper(k, exc):
+def test_check_positive_helper(k, exc):
     with pytest.raises(exc):
-        check_k(k, 10)
-    assert check_k(np.int64(10), 10) == 10
+        check_positive(k, "k", 10)
+    assert check_positive(np.int64(10), "k", 10) == 10
+    assert check_positive(None, "k", allow_none=True) is None
 
 
 # -------------------------------------------------------------- unknown ids

@@ -1,15 +1,17 @@
 """Search engines behind one interface (:class:`SearchEngine`); :class:`csr_index.CSRIndex` picks one.
 
-=========== ======= ==========================================================================
-name        exact   what it is
-=========== ======= ==========================================================================
-``scipy``   yes     the reference: scipy SpGEMM over posting lists + argpartition, one thread
-``inverted`` yes    numba term-at-a-time over posting lists + heap top-n, threads over queries
-``pruned``  no      Seismic-style: pruned query + pruned posting lists -> shortlist -> exact
-``torch``   yes     ``torch.sparse_csr_tensor`` @ dense queries + ``topk``; CUDA or CPU tensors
-=========== ======= ==========================================================================
+============ ======= =========================================================================
+name         exact   what it is
+============ ======= =========================================================================
+``pruned``   no      sparse shortlist from the query terms' posting lists -> exact scores from
+                     the forward index (Seismic-style); the default on CPU
+``inverted`` yes     numba term-at-a-time over posting lists (or a forward scan for dense
+                     queries) + heap top-n, threads over queries
+``torch``    yes     ``torch.sparse_csr_tensor`` @ queries + ``topk``; CUDA or CPU tensors
+``scipy``    yes     the reference: scipy SpGEMM / SpMM + argpartition, one thread
+============ ======= =========================================================================
 
-``"auto"`` is ``torch`` on a CUDA device, else ``inverted``.
+``"auto"`` is ``torch`` on a CUDA device, else ``pruned``.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 import torch
 
 from ..codes import SparseCodes
-from .base import SearchEngine
+from .base import QueryBatch, SearchEngine
 from .inverted import InvertedIndexEngine
 from .pruned import PrunedEngine
 from .reference import ScipyEngine
 from .torch_csr import TorchCSREngine
 
 __all__ = [
+    "QueryBatch",
     "SearchEngine",
     "ScipyEngine",
     "InvertedIndexEngine",
@@ -44,11 +47,11 @@ ENGINES: dict[str, type[SearchEngine]] = {
 
 def resolve_engine_name(name: str, device: str | None = None) -> str:
     """The engine ``"auto"`` stands for: ``torch`` when ``device`` (default: CUDA if available)
-    is a CUDA device, else ``inverted``. Other names are checked and returned unchanged."""
+    is a CUDA device, else ``pruned``. Other names are checked and returned unchanged."""
     if name == "auto":
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return "torch" if torch.device(device).type == "cuda" else "inverted"
+        return "torch" if torch.device(device).type == "cuda" else "pruned"
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {['auto', *ENGINES]}")
     return name
@@ -56,7 +59,7 @@ def resolve_engine_name(name: str, device: str | None = None) -> str:
 
 def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
     """Build engine ``name`` (see the table above) over ``codes`` with its ``options``
-    (e.g. ``make_engine("pruned", codes, query_cut=8, candidates=500)``)."""
+    (e.g. ``make_engine("pruned", codes, candidates=500)``)."""
     resolved = resolve_engine_name(name, options.get("device"))
     cls = ENGINES[resolved]
     if name == "auto" and resolved != "torch":

@@ -1,32 +1,54 @@
-"""The interface every search engine implements, and the result helpers they share.
+"""The interface every search engine implements, its query type, and the result helpers they share.
 
-An engine holds a fixed set of stored k-sparse codes (n, h) and answers top-n
-queries in code space. Every engine computes the same score, that of
-:class:`csr_index.search.SparseScorer` (the reference):
+An engine holds a fixed set of stored k-sparse codes z_d (n, h) and answers top-n
+queries in code space. A query batch (:class:`QueryBatch`) has sparse ``terms`` (the
+query's latents with their weights) and, optionally, a ``dense`` row in R^h:
 
-    score(q, d) = (q . z_d + offset_q) * scale_d
+* without ``dense`` the score is ``(terms . z_d + offset_q) * scale_d`` and only the
+  docs sharing a non-zero latent with the terms are results (code x code scoring);
+* with ``dense`` the score is ``(dense . z_d + offset_q) * scale_d`` over every doc
+  (asymmetric scoring); the terms then only say where a shortlist should look.
 
-with an optional per-query ``offset`` and per-doc ``scale`` (1 / norm under
-cosine). A *sparse* query (:class:`SparseCodes`) only reaches the docs that share
-one of its non-zero latents (the others are not results); a *dense* query (nq, h)
-reaches every doc. Engines return ``(D, rows)``: float32 (nq, topn) scores sorted
-descending and int64 storage rows, padded with (-inf, -1).
-
-Exact engines return the reference's top-n (ties aside); approximate engines
-return exact scores for the rows they return but may miss some rows (their
-recall is measured, see ``benchmarks/speed.py``).
+``scale`` (per doc, e.g. 1 / norm under cosine) and ``offset`` (per query) are
+optional; ``skip`` (uint8 per doc) marks deleted rows, which are never returned.
+Engines return ``(D, rows)``: float32 (nq, topn) scores sorted descending and int64
+storage rows, padded with (-inf, -1). Exact engines return the reference's top-n
+(ties aside); approximate engines return exact scores for the rows they return but
+may miss rows (their recall is measured in ``benchmarks/speed.py``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..codes import SparseCodes
+from ..validation import check_positive
 
-__all__ = ["SearchEngine", "check_topn", "empty_result", "sparse_query_arrays"]
+__all__ = ["QueryBatch", "SearchEngine", "empty_result", "top_entries", "sparse_query_arrays", "kernel_vector"]
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """Queries in code space, as engines take them (see the module docstring)."""
+
+    terms: SparseCodes
+    dense: np.ndarray | None = None
+    offset: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return self.terms.n
+
+    def rows(self, start: int, stop: int) -> "QueryBatch":
+        """The queries ``start:stop`` (views, no copy)."""
+        terms = SparseCodes(self.terms.indices[start:stop], self.terms.values[start:stop], self.terms.h)
+        dense = None if self.dense is None else self.dense[start:stop]
+        offset = None if self.offset is None else self.offset[start:stop]
+        return QueryBatch(terms, dense, offset)
 
 
 class SearchEngine(ABC):
@@ -42,17 +64,34 @@ class SearchEngine(ABC):
         self.h = codes.h
         self.k = codes.k
 
-    @abstractmethod
-    def search_sparse(
-        self, queries: SparseCodes, topn: int, scale: np.ndarray | None = None, offset: np.ndarray | None = None
+    def search(
+        self, queries: QueryBatch, topn: int, scale: np.ndarray | None = None, skip: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``topn`` rows for sparse queries; only docs sharing a non-zero latent count."""
+        """Top ``topn`` rows of each query (see the module docstring)."""
+        topn = check_positive(topn, "topn")
+        self._check(queries)
+        if self.n == 0 or queries.n == 0:
+            return empty_result(queries.n, topn)
+        if skip is not None and np.shape(skip) != (self.n,):
+            raise ValueError(f"skip must have shape ({self.n},), got {np.shape(skip)}")
+        return self._search(queries, topn, scale, skip)
 
     @abstractmethod
-    def search_dense(
-        self, queries: np.ndarray, topn: int, scale: np.ndarray | None = None, offset: np.ndarray | None = None
+    def _search(
+        self, queries: QueryBatch, topn: int, scale: np.ndarray | None, skip: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``topn`` rows for dense queries (nq, h); every doc is scored."""
+        """:meth:`search` on checked, non-empty input."""
+
+    def _check(self, queries: QueryBatch) -> None:
+        terms = queries.terms
+        if terms.h != self.h:
+            raise ValueError(f"queries live in R^{terms.h}, the stored codes in R^{self.h}")
+        if terms.indices.size and int(terms.indices.max()) >= self.h:
+            raise ValueError(f"a query latent index exceeds h={self.h}")
+        if queries.dense is not None and (queries.dense.ndim != 2 or queries.dense.shape != (terms.n, self.h)):
+            raise ValueError(f"dense queries must have shape ({terms.n}, {self.h}), got {queries.dense.shape}")
+        if queries.offset is not None and np.shape(queries.offset) != (terms.n,):
+            raise ValueError(f"offset must have shape ({terms.n},), got {np.shape(queries.offset)}")
 
     @property
     def nbytes(self) -> int:
@@ -68,29 +107,57 @@ class SearchEngine(ABC):
         return f"{type(self).__name__}(n={self.n}, h={self.h}{', ' if opts else ''}{opts})"
 
 
-def check_topn(topn: int) -> int:
-    """``topn`` as a positive int (ValueError otherwise)."""
-    if isinstance(topn, bool) or not isinstance(topn, (int, np.integer)) or topn < 1:
-        raise ValueError(f"topn must be a positive integer, got {topn!r}")
-    return int(topn)
-
-
 def empty_result(nq: int, topn: int) -> tuple[np.ndarray, np.ndarray]:
     """(D, rows) with no result: (-inf, -1) everywhere."""
     return np.full((nq, topn), -np.inf, dtype=np.float32), np.full((nq, topn), -1, dtype=np.int64)
 
 
-def sparse_query_arrays(queries: SparseCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A batch of sparse queries as CSR arrays (indptr int64, latents int32, values float32)
-    without the empty (zero) slots, each row's entries ordered by decreasing |value|.
+def top_entries(scores: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``topn`` finite entries of each row of ``scores`` (nq, n), sorted descending.
+
+    Returns (D float32, columns int64), both (nq, topn), padded with (-inf, -1) where a
+    row has fewer finite entries. Partial selection (argpartition), never a full sort.
+    """
+    nq, n = scores.shape
+    take = min(topn, n)
+    if take < n:
+        cols = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    else:
+        cols = np.broadcast_to(np.arange(n), (nq, n))
+    vals = np.take_along_axis(scores, cols, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    cols = np.take_along_axis(cols, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
+    cols[~np.isfinite(vals)] = -1
+    vals[cols < 0] = -np.inf
+    if take < topn:
+        pad = topn - take
+        vals = np.pad(vals, ((0, 0), (0, pad)), constant_values=-np.inf)
+        cols = np.pad(cols, ((0, 0), (0, pad)), constant_values=-1)
+    return vals, cols
+
+
+def sparse_query_arrays(terms: SparseCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Query terms as CSR arrays (indptr int64, latents int32, values float32) without the
+    empty (zero) slots, each row's entries ordered by decreasing |value|.
 
     Duplicate latents within a row are not merged (a code never has them).
     """
-    values = np.asarray(queries.values, dtype=np.float32)
+    values = np.asarray(terms.values, dtype=np.float32)
     order = np.argsort(-np.abs(values), axis=1, kind="stable")
     values = np.take_along_axis(values, order, axis=1)
-    latents = np.take_along_axis(np.asarray(queries.indices), order, axis=1).astype(np.int32)
+    latents = np.take_along_axis(np.asarray(terms.indices), order, axis=1).astype(np.int32)
     keep = values != 0
-    indptr = np.zeros(queries.n + 1, dtype=np.int64)
+    indptr = np.zeros(terms.n + 1, dtype=np.int64)
     np.cumsum(keep.sum(axis=1), out=indptr[1:])
     return indptr, np.ascontiguousarray(latents[keep]), np.ascontiguousarray(values[keep])
+
+
+def kernel_vector(x: np.ndarray | None, length: int, name: str, dtype: Any = np.float32) -> np.ndarray:
+    """An optional per-query / per-doc vector as the compiled kernels take it (empty = none)."""
+    if x is None:
+        return np.empty(0, dtype=dtype)
+    arr = np.ascontiguousarray(x, dtype=dtype)
+    if arr.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {arr.shape}")
+    return arr

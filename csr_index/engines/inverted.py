@@ -9,43 +9,26 @@ import numba
 import numpy as np
 
 from ..codes import SparseCodes
+from ..validation import check_positive
 from . import kernels
-from .base import SearchEngine, check_topn, empty_result, sparse_query_arrays
+from .base import QueryBatch, SearchEngine, empty_result, kernel_vector, sparse_query_arrays
 from .postings import ForwardIndex, Postings
 
-__all__ = ["InvertedIndexEngine", "as_kernel_vector", "check_threads"]
+__all__ = ["InvertedIndexEngine"]
 
 log = logging.getLogger(__name__)
 
 
-def check_threads(threads: int | None) -> int | None:
-    """``threads`` as a positive int, or None (numba's current thread count at each search)."""
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    return int(threads)
-
-
-def as_kernel_vector(x: np.ndarray | None, length: int, name: str) -> np.ndarray:
-    """An optional per-query / per-doc float32 vector as the kernels take it (empty = none)."""
-    if x is None:
-        return np.empty(0, dtype=np.float32)
-    arr = np.ascontiguousarray(x, dtype=np.float32)
-    if arr.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},), got {arr.shape}")
-    return arr
-
-
 class InvertedIndexEngine(SearchEngine):
     """Exact search over an inverted index: for each query, the posting lists of its
-    non-zero latents are added into a per-thread accumulator (term at a time), and the
+    non-zero terms are added into a per-thread accumulator (term at a time), and the
     top-n of the touched docs is kept by a bounded heap (no sort of all scores).
+    Queries with a dense part scan the forward index instead (the codes themselves,
+    k look-ups per doc, 16 queries per pass): every doc is scored.
 
     A batch is split into one chunk of queries per thread (``threads``; None: numba's
     current thread count, i.e. all cores unless ``numba.set_num_threads`` says less); a
-    single query runs serially. Dense queries scan the forward index (the
-    codes themselves, k look-ups per doc).
+    single query runs serially.
 
     ``values="float16"`` halves the memory of the values (docs + values: 6 instead of
     8 bytes per posting); it rounds stored values to float16, so results are exact only
@@ -58,13 +41,13 @@ class InvertedIndexEngine(SearchEngine):
 
     def __init__(self, codes: SparseCodes, threads: int | None = None, values: str = "float32") -> None:
         super().__init__(codes)
-        self.threads = check_threads(threads)
+        self.threads = check_positive(threads, "threads", allow_none=True)
         self.values = values
         start = time.perf_counter()
         self.postings = Postings.build(codes, order=self._order, values=values)
         self.forward = ForwardIndex.build(codes, values=values)
-        log.info("%s built in %.3f s (%d postings)", type(self).__name__, time.perf_counter() - start,
-                 len(self.postings.docs))
+        log.debug("%s built in %.3f s (%d postings)", type(self).__name__, time.perf_counter() - start,
+                  len(self.postings.docs))
 
     @property
     def nbytes(self) -> int:
@@ -80,42 +63,20 @@ class InvertedIndexEngine(SearchEngine):
         wanted = numba.get_num_threads() if self.threads is None else self.threads
         return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
 
-    def _vectors(self, nq: int, scale, offset) -> tuple[np.ndarray, np.ndarray]:
-        return as_kernel_vector(offset, nq, "offset"), as_kernel_vector(scale, self.n, "scale")
+    def _arrays(self, queries: QueryBatch, scale, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (kernel_vector(queries.offset, queries.n, "offset"), kernel_vector(scale, self.n, "scale"),
+                kernel_vector(skip, self.n, "skip", np.uint8))
 
-    def search_sparse(self, queries, topn, scale=None, offset=None):
-        topn = check_topn(topn)
+    def _search(self, queries, topn, scale, skip):
         out_d, out_i = empty_result(queries.n, topn)
-        if self.n == 0 or queries.n == 0:
-            return out_d, out_i
-        qptr, qlat, qval = sparse_query_arrays(self._checked(queries))
-        off, sc = self._vectors(queries.n, scale, offset)
-        p = self.postings
-        # cut and limit are the widest possible (every term, whole lists); never int64 max: overflow in the kernel
-        kernels.postings_topn(self.workers, qptr, qlat, qval, self.h, self.n, p.indptr, p.docs, p.vals, p.lut,
-                              self.n, off, sc, out_d, out_i)
+        off, sc, sk = self._arrays(queries, scale, skip)
+        if queries.dense is not None:
+            f = self.forward
+            dense = np.ascontiguousarray(queries.dense, dtype=np.float32)
+            kernels.forward_topn(self.workers, dense, f.idx, f.vals, f.lut, off, sc, sk, out_d, out_i)
+        else:
+            qptr, qlat, qval = sparse_query_arrays(queries.terms)
+            p = self.postings
+            kernels.postings_topn(self.workers, qptr, qlat, qval, p.indptr, p.docs, p.vals, p.lut, self.n,
+                                  off, sc, sk, out_d, out_i)
         return out_d, out_i
-
-    def search_dense(self, queries, topn, scale=None, offset=None):
-        topn = check_topn(topn)
-        q = self._checked_dense(queries)
-        out_d, out_i = empty_result(len(q), topn)
-        if self.n == 0 or len(q) == 0:
-            return out_d, out_i
-        off, sc = self._vectors(len(q), scale, offset)
-        f = self.forward
-        kernels.forward_topn(self.workers, q, f.idx, f.vals, f.lut, off, sc, out_d, out_i)
-        return out_d, out_i
-
-    def _checked(self, queries: SparseCodes) -> SparseCodes:
-        if queries.h != self.h:
-            raise ValueError(f"queries live in R^{queries.h}, the stored codes in R^{self.h}")
-        if queries.n and queries.indices.size and int(queries.indices.max()) >= self.h:
-            raise ValueError(f"a query latent index exceeds h={self.h}")
-        return queries
-
-    def _checked_dense(self, queries: np.ndarray) -> np.ndarray:
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.h:
-            raise ValueError(f"dense queries must have shape (nq, {self.h}), got {q.shape}")
-        return q

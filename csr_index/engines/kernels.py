@@ -4,7 +4,8 @@ Every kernel works on plain arrays: posting lists in CSR form (``indptr`` over
 latents, ``docs`` int32, ``vals`` float32 or float16 bits as uint16 read through
 ``LUT``), a forward index (``fwd_idx`` (n, k) uint16/uint32 latent ids, ``fwd_val``
 (n, k)), and queries in CSR form (``qptr``, ``qlat``, ``qval``) or dense (nq, h).
-An empty ``offset`` / ``scale`` array means "none". Results go to ``out_d`` /
+An empty ``offset`` / ``scale`` / ``skip`` array means "none" (``skip``: uint8 per
+doc, non-zero = deleted, never returned). Results go to ``out_d`` /
 ``out_i`` (nq, topn), sorted descending, padded with (-inf, -1).
 
 Batches are split into one contiguous chunk of queries per thread; each chunk
@@ -14,6 +15,9 @@ serial kernel, with no thread-pool hand-off.
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -26,6 +30,12 @@ __all__ = [
     "pruned_topn",
     "value_of",
 ]
+
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's "workqueue" layer aborts the process when two threads launch parallel kernels
+    # at once; "threadsafe" takes TBB or OpenMP, which do not (concurrent searches)
+    numba.config.THREADING_LAYER = "threadsafe"
 
 
 def half_lut() -> np.ndarray:
@@ -114,12 +124,11 @@ def _offer(hv, hi, size, v, i):
 
 
 @njit(cache=True)
-def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched):
-    """Term at a time: add the first ``cut`` query terms' products over at most ``limit``
-    entries of each posting list; returns the number of docs touched (listed in ``touched``)."""
+def _accumulate(q, qptr, qlat, qval, limit, indptr, docs, vals, lut, acc, mark, touched):
+    """Term at a time: add each query term's products over at most ``limit`` entries of
+    its posting list; returns the number of docs touched (listed in ``touched``)."""
     nt = 0
-    stop = min(qptr[q + 1], qptr[q] + cut)
-    for p in range(qptr[q], stop):
+    for p in range(qptr[q], qptr[q + 1]):
         lat = qlat[p]
         w = qval[p]
         start = indptr[lat]
@@ -135,56 +144,59 @@ def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, m
 
 
 @njit(cache=True, inline="always")
-def _drain(nt, touched, acc, mark, off, scale, has_scale, hv, hi):
+def _drain(nt, touched, acc, mark, off, scale, skip, hv, hi):
     """Offer every touched doc's accumulated score (+ offset, * scale) to the bounded heap
-    (hv, hi) and clear the accumulator for the next query; returns the heap size."""
+    (hv, hi), leaving out skipped docs, and clear the accumulator for the next query;
+    returns the heap size."""
     size = 0
+    has_scale = scale.shape[0] > 0
+    has_skip = skip.shape[0] > 0
     for t in range(nt):
         d = touched[t]
         s = acc[d] + off
+        acc[d] = 0.0
+        mark[d] = 0
+        if has_skip and skip[d] != 0:
+            continue
         if has_scale:
             s *= scale[d]
         size = _offer(hv, hi, size, s, d)
-        acc[d] = 0.0
-        mark[d] = 0
     return size
 
 
 @njit(cache=True)
-def _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i):
+def _postings_chunk(q0, q1, qptr, qlat, qval, indptr, docs, vals, lut, n, offset, scale, skip, out_d, out_i):
     acc = np.zeros(n, dtype=np.float32)
     mark = np.zeros(n, dtype=np.uint8)
     touched = np.empty(n, dtype=np.int32)
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
     hi = np.empty(topn, dtype=np.int64)
-    has_scale = scale.shape[0] > 0
     for q in range(q0, q1):
         off = _query_offset(offset, q)
-        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
-        size = _drain(nt, touched, acc, mark, off, scale, has_scale, hv, hi)
+        nt = _accumulate(q, qptr, qlat, qval, n, indptr, docs, vals, lut, acc, mark, touched)
+        size = _drain(nt, touched, acc, mark, off, scale, skip, hv, hi)
         _emit(hv, hi, size, out_d[q], out_i[q])
 
 
 @njit(cache=True, parallel=True)
-def _postings_parallel(nchunks, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i):
+def _postings_parallel(nchunks, qptr, qlat, qval, indptr, docs, vals, lut, n, offset, scale, skip, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
         q0 = c * nq // nchunks
         q1 = (c + 1) * nq // nchunks
-        _postings_chunk(q0, q1, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+        _postings_chunk(q0, q1, qptr, qlat, qval, indptr, docs, vals, lut, n, offset, scale, skip, out_d, out_i)
 
 
-def postings_topn(
-    threads: int, qptr, qlat, qval, cut: int, limit: int, indptr, docs, vals, lut, n: int, offset, scale, out_d, out_i
-) -> None:
-    """Top-n by term-at-a-time scoring over posting lists (exact when cut and limit are unbounded)."""
+def postings_topn(threads: int, qptr, qlat, qval, indptr, docs, vals, lut, n: int, offset, scale, skip, out_d, out_i
+                  ) -> None:
+    """Exact top-n by term-at-a-time scoring of every query term over whole posting lists."""
     nq = len(qptr) - 1
-    nchunks = min(threads, nq)
-    if nchunks <= 1:
-        _postings_chunk(0, nq, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+    args = (qptr, qlat, qval, indptr, docs, vals, lut, n, offset, scale, skip, out_d, out_i)
+    if min(threads, nq) <= 1:
+        _postings_chunk(0, nq, *args)
     else:
-        _postings_parallel(nchunks, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, n, offset, scale, out_d, out_i)
+        _postings_parallel(min(threads, nq), *args)
 
 
 @njit(cache=True, inline="always")
@@ -201,7 +213,7 @@ read once per block, not once per query (the scan is memory-bound)."""
 
 
 @njit(cache=True)
-def _forward_chunk(q0, q1, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i):
+def _forward_chunk(q0, q1, queries, fwd_idx, fwd_val, lut, offset, scale, skip, out_d, out_i):
     topn = out_d.shape[1]
     k = fwd_idx.shape[1]
     hv = np.empty((QUERY_BLOCK, topn), dtype=np.float32)
@@ -211,12 +223,15 @@ def _forward_chunk(q0, q1, queries, fwd_idx, fwd_val, lut, offset, scale, out_d,
     lat = np.empty(k, dtype=np.int64)
     val = np.empty(k, dtype=np.float32)
     has_scale = scale.shape[0] > 0
+    has_skip = skip.shape[0] > 0
     for b0 in range(q0, q1, QUERY_BLOCK):
         nb = min(QUERY_BLOCK, q1 - b0)
         for j in range(nb):
             sizes[j] = 0
             offs[j] = _query_offset(offset, b0 + j)
         for d in range(fwd_idx.shape[0]):
+            if has_skip and skip[d] != 0:
+                continue
             row = fwd_val[d]
             for t in range(k):
                 lat[t] = fwd_idx[d, t]
@@ -235,27 +250,26 @@ def _forward_chunk(q0, q1, queries, fwd_idx, fwd_val, lut, offset, scale, out_d,
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i):
+def _forward_parallel(nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, skip, out_d, out_i):
     nq = queries.shape[0]
     for c in prange(nchunks):
-        _forward_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+        _forward_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, queries, fwd_idx, fwd_val, lut, offset, scale,
+                       skip, out_d, out_i)
 
 
-def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i) -> None:
+def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, skip, out_d, out_i) -> None:
     """Top-n of dense queries (nq, h) by scanning the forward index (every doc scored)."""
     nq = queries.shape[0]
-    nchunks = min(threads, nq)
-    if nchunks <= 1:
-        _forward_chunk(0, nq, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+    args = (queries, fwd_idx, fwd_val, lut, offset, scale, skip, out_d, out_i)
+    if min(threads, nq) <= 1:
+        _forward_chunk(0, nq, *args)
     else:
-        _forward_parallel(nchunks, queries, fwd_idx, fwd_val, lut, offset, scale, out_d, out_i)
+        _forward_parallel(min(threads, nq), *args)
 
 
 @njit(cache=True)
-def _pruned_chunk(
-    q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
-    indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
-):
+def _pruned_chunk(q0, q1, qptr, qlat, qval, dense, limit, candidates,
+                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i):
     acc = np.zeros(n, dtype=np.float32)
     mark = np.zeros(n, dtype=np.uint8)
     touched = np.empty(n, dtype=np.int32)
@@ -268,9 +282,9 @@ def _pruned_chunk(
     has_scale = scale.shape[0] > 0
     for q in range(q0, q1):
         off = _query_offset(offset, q)
-        # 1. shortlist: partial scores from the pruned query over pruned posting lists
-        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
-        csize = _drain(nt, touched, acc, mark, off, scale, has_scale, cv, ci)
+        # 1. shortlist: partial scores of the query terms over (pruned) posting lists
+        nt = _accumulate(q, qptr, qlat, qval, limit, indptr, docs, vals, lut, acc, mark, touched)
+        csize = _drain(nt, touched, acc, mark, off, scale, skip, cv, ci)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
@@ -292,31 +306,24 @@ def _pruned_chunk(
 
 
 @njit(cache=True, parallel=True)
-def _pruned_parallel(
-    nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
-    indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
-):
+def _pruned_parallel(nchunks, qptr, qlat, qval, dense, limit, candidates,
+                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
-        _pruned_chunk(
-            c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
-            indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, out_d, out_i,
-        )
+        _pruned_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, limit, candidates,
+                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i)
 
 
-def pruned_topn(
-    threads: int, qptr, qlat, qval, dense, cut: int, limit: int, candidates: int,
-    indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, out_d, out_i,
-) -> None:
-    """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
-    over the first ``limit`` entries of each posting list, then return the top-n of the
-    shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
-    dense query ``dense`` (nq, h) when it is not empty, against the forward index."""
+def pruned_topn(threads: int, qptr, qlat, qval, dense, limit: int, candidates: int,
+                indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, out_d, out_i) -> None:
+    """Shortlist ``candidates`` docs by the partial score of the query terms over the first
+    ``limit`` entries of each posting list, then return the top-n of the shortlist by exact
+    score: the whole sparse query (``qptr``/``qlat``/``qval``), or the dense query ``dense``
+    (nq, h) when it is not empty, against the forward index."""
     nq = len(qptr) - 1
-    nchunks = min(threads, nq)
-    args = (qptr, qlat, qval, dense, cut, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
-            offset, scale, out_d, out_i)
-    if nchunks <= 1:
+    args = (qptr, qlat, qval, dense, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+            offset, scale, skip, out_d, out_i)
+    if min(threads, nq) <= 1:
         _pruned_chunk(0, nq, *args)
     else:
-        _pruned_parallel(nchunks, *args)
+        _pruned_parallel(min(threads, nq), *args)

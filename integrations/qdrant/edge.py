@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from csr_index.validation import check_positive
+
 from ._deps import qdrant_edge
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_export_metadata
-from .validation import SparseRow, check_name, check_positive
+from .validation import SparseRow, check_name
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from csr_index.validation import check_k
+from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_search_metadata
 from .targets import Target, open_target
-from .validation import check_name, check_positive, check_trained, sparse_rows
+from .validation import check_name, check_trained, sparse_rows
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex
@@ -32,7 +32,7 @@ def search(
     xq: Any,
     topk: int = 10,
     *,
-    k: int | None = None,
+    query_k: int | None = None,
     score: str = "code",
     rerank: int | None = None,
     candidates: int | None = None,
@@ -47,14 +47,13 @@ def search(
     """Search a collection exported from ``index`` with dense queries ``xq`` (nq, d): ``(D, I)``
     like ``CSRIndex.search`` (float32 descending, int64 ids, (-inf, -1) padding).
 
-    Queries are encoded by the index's adapter (k latents, default the index's k) and
+    Queries are encoded by the index's adapter (``query_k`` latents, default the index's k) and
     sent in batches of ``batch_size`` (``query_batch_points``). Qdrant returns the
     best ``candidates`` points by code x code; then, as in ``CSRIndex.search``:
 
     score: ``"code"`` keeps Qdrant's ranking (equal to ``index.search(score="code")``);
         ``"asymmetric"`` re-scores the candidates with the asymmetric score (the
-        dense query against each doc's reconstruction; the full projection, or cut
-        to k latents when ``k`` is given, as ``CSRIndex.search``). It equals
+        dense query against each doc's reconstruction, as ``CSRIndex.search``). It equals
         ``index.search(score="asymmetric")`` when that top list lies within Qdrant's
         candidates (docs sharing no latent with the query code are never candidates).
     rerank: re-rank the best ``rerank`` exactly against the stored originals
@@ -66,16 +65,14 @@ def search(
     hybrid: fuse the sparse ranking with a dense one (the collection needs the dense
         vectors: ``export(..., dense=True)``) by Qdrant's reciprocal rank fusion
         (``rrf_k``); the fused candidates are then re-scored as above, and with
-        score="code" and no rerank D holds the RRF scores. With score="asymmetric"
-        and ``k``, fused candidates sharing none of the query's k latents are dropped,
-        as ``CSRIndex.search`` never returns them.
+        score="code" and no rerank D holds the RRF scores.
     check: verify the collection's layout and csr_index metadata (same adapter, same
         value convention) before querying.
     Re-scoring uses :meth:`CSRIndex.rescore`, which anyone can apply to other candidates.
     """
     check_trained(index)
-    topk = check_k(topk, 1 << 31, "topk")
-    k = None if k is None else check_k(k, index.k)
+    topk = check_positive(topk, "topk", 1 << 31)
+    query_k = None if query_k is None else check_positive(query_k, "query_k", index.k)
     if score not in SCORE_MODES:
         raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
     if rerank is None:
@@ -104,7 +101,7 @@ def search(
             log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", target.describe(),
                         vector_name)
 
-    codes = index.query_code_vectors(xq, k)  # k=None: the index's k
+    codes = index.query_code_vectors(xq, query_k)  # None: the index's k
     sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
     D = np.full((nq, candidates), -np.inf, dtype=np.float32)
     I = np.full((nq, candidates), -1, dtype=np.int64)
@@ -123,7 +120,7 @@ def search(
                     D[qi, j] = sc
             bar.update(e - s)
     if score == "asymmetric":
-        D, I = _rescore(index, xq, I, shortlist, "asymmetric", k)
+        D, I = _rescore(index, xq, I, shortlist, "asymmetric", query_k)
     else:
         D, I = D[:, :shortlist], I[:, :shortlist]
     if rerank:
@@ -132,10 +129,10 @@ def search(
 
 
 def _rescore(
-    index: "CSRIndex", xq: Any, ids: np.ndarray, topk: int, score: str, k: int | None = None
+    index: "CSRIndex", xq: Any, ids: np.ndarray, topk: int, score: str, query_k: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`CSRIndex.rescore`, with a hint when Qdrant returned ids the index lacks."""
     try:
-        return index.rescore(xq, ids, topk, score=score, k=k)
+        return index.rescore(xq, ids, topk, score=score, query_k=query_k)
     except KeyError as exc:
         raise KeyError(f"{exc.args[0]} (was the collection exported from another index?)") from exc

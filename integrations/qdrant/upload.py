@@ -19,11 +19,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from csr_index.codes import SparseCodes
+from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, index_metadata
 from .payload import check_payload_dicts, check_payload_table, is_dict_sequence, payload_batch, payload_table
 from .targets import Target, open_target
-from .validation import check_dense, check_name, check_positive, check_trained, sparse_rows, validate_codes
+from .validation import check_dense, check_name, check_trained, sparse_rows, validate_codes
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex

@@ -13,7 +13,7 @@ import numpy as np
 
 from csr_index.codes import SparseCodes
 from csr_index.errors import NotTrainedError
-from csr_index.validation import as_ids
+from csr_index.validation import as_ids, check_positive
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex
@@ -35,12 +35,6 @@ def check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
     return name
-
-
-def check_positive(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_point_ids(ids: Any, n: int) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Exact re-ranking of a shortlist against the dense originals: R * d work per query, not N * d.
+"""Exact scores against the dense originals: re-ranking a shortlist, or a flat scan.
 
+:func:`rerank_topn` re-ranks each query's R candidate rows (R * d work per query, not
+N * d; only those rows of the originals are read, as faiss IndexRefineFlat does).
+:func:`exact_topn` scans every stored vector in blocks, for exact search and evaluation
+baselines, with memory bounded by the block size whatever the number of queries or rows.
 The originals may be float32, float16 (as :class:`CSRIndex` stores them, memory-mapped
 after ``load``) or int8 with one float32 scale per vector (:func:`quantize_int8`: 4x
-smaller than float32, 2x smaller than float16). Only the R candidate rows of each
-query are read.
+smaller than float32, 2x smaller than float16).
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .base import check_topn, empty_result
-from .kernels import LUT, _emit, _offer, value_of
+from .engines.base import empty_result, top_entries
+from .engines.kernels import LUT, _emit, _offer, value_of
+from .validation import check_positive
 
-__all__ = ["quantize_int8", "rerank_topn"]
+__all__ = ["quantize_int8", "rerank_topn", "exact_topn"]
+
+SCAN_ELEMENTS = 1 << 22
+"""Scores held at once by :func:`exact_topn` (queries x rows of one block): 16 MiB of float32."""
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +82,7 @@ def rerank_topn(
     Returns (D float32, rows int64), both (nq, topn), sorted descending, padded with
     (-inf, -1). A row listed twice for one query is returned twice.
     """
-    topn = check_topn(topn)
+    topn = check_positive(topn, "topn")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     cand = np.ascontiguousarray(candidates, dtype=np.int64)
     if q.ndim != 2 or cand.ndim != 2 or cand.shape[0] != q.shape[0]:
@@ -100,3 +107,39 @@ def rerank_topn(
     else:
         _rerank_parallel(nchunks, q, cand, vectors, lut, sc, out_d, out_i)
     return out_d, out_i
+
+
+def exact_topn(
+    queries: np.ndarray, vectors: np.ndarray, topn: int, skip: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``topn`` rows of ``vectors`` (n, d; float32 or float16) by inner product with
+    ``queries`` (nq, d), leaving out rows where ``skip`` (n,) is non-zero.
+
+    Rows are scanned in blocks (BLAS products of float32 copies of one block at a time),
+    and the running best ``topn`` of each query merged with each block's: memory stays
+    near ``SCAN_ELEMENTS`` scores plus one block, never nq * n. Returns (D float32,
+    rows int64), (nq, topn), sorted descending, padded with (-inf, -1).
+    """
+    topn = check_positive(topn, "topn")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.ndim != 2 or vectors.ndim != 2 or vectors.shape[1] != q.shape[1]:
+        raise ValueError(f"queries (nq, d) and vectors (n, d) do not match: {q.shape}, {vectors.shape}")
+    n = vectors.shape[0]
+    best_d, best_i = empty_result(len(q), topn)
+    q_step = max(1, min(len(q), SCAN_ELEMENTS // 1024))
+    row_step = max(1024, SCAN_ELEMENTS // q_step)
+    for q0 in range(0, len(q), q_step):
+        qb = q[q0 : q0 + q_step]
+        cur_d, cur_i = best_d[q0 : q0 + q_step], best_i[q0 : q0 + q_step]
+        for r0 in range(0, n, row_step):
+            block = np.asarray(vectors[r0 : r0 + row_step], dtype=np.float32)
+            scores = qb @ block.T
+            if skip is not None:
+                scores[:, np.asarray(skip[r0 : r0 + row_step]) != 0] = -np.inf
+            d, cols = top_entries(scores, topn)
+            merged_d = np.concatenate([cur_d, d], axis=1)
+            merged_i = np.concatenate([cur_i, np.where(cols >= 0, cols + r0, -1)], axis=1)
+            d, pos = top_entries(merged_d, topn)
+            cur_d, cur_i = d, np.where(pos >= 0, np.take_along_axis(merged_i, np.maximum(pos, 0), axis=1), -1)
+        best_d[q0 : q0 + q_step], best_i[q0 : q0 + q_step] = cur_d, cur_i
+    return best_d, best_i

@@ -1,0 +1,185 @@
+"""Segment: an immutable block of stored rows — ids, codes, reconstruction norms, originals, keys.
+
+An index is a list of segments (see :mod:`csr_index.store`). A segment never changes
+after it is built, so a search can use it while a writer adds or merges others, and
+saving can reuse its files. It builds its search engine lazily (one per engine
+setting, under a lock) and caches the per-doc scales of each scoring mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from .codes import SparseCodes, index_dtype
+from .engines import SearchEngine, make_engine
+from .errors import CorruptIndexError
+
+if TYPE_CHECKING:
+    from .encoder import CSREncoder
+
+__all__ = ["Segment", "EngineSpec"]
+
+EngineSpec = tuple[str, tuple[tuple[str, Any], ...]]
+"""An engine name and its options, hashable: ``("pruned", (("candidates", 500),))``."""
+
+
+class Segment:
+    """``n`` stored rows: ``ids`` int64 (n,), ``codes`` (n, k_doc), ``norms`` float32 (n,) — the
+    L2 norm of each code's reconstruction —, optional float16 originals (n, d) and string keys."""
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        codes: SparseCodes,
+        norms: np.ndarray,
+        vectors: np.ndarray | None = None,
+        keys: pa.Array | None = None,
+        name: str | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> None:
+        n = len(ids)
+        if codes.n != n or len(norms) != n or (vectors is not None and len(vectors) != n) or (
+                keys is not None and len(keys) != n):
+            raise ValueError("a segment's columns must all have one row per id")
+        self.ids, self.codes, self.norms, self.vectors, self.keys = ids, codes, norms, vectors, keys
+        self.name = name or uuid.uuid4().hex[:12]
+        self.files: dict[str, Any] = dict(files or {})
+        """Where the segment is saved: role -> {name, bytes, sha256} (empty until saved)."""
+        # id lookups by binary search; sequential ids (the usual case) need no sorted copy
+        self._order = None if n < 2 or bool((np.diff(ids) > 0).all()) else np.argsort(ids, kind="stable")
+        self._sorted = ids if self._order is None else ids[self._order]
+        self._lock = threading.Lock()
+        self._engine: tuple[EngineSpec, SearchEngine] | None = None
+        self._scales: dict[str, np.ndarray | None] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # copies and pickles drop the lock and the engine
+        return {**self.__dict__, "_lock": None, "_engine": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Segment({self.name}, n={self.n}, saved={bool(self.files)})"
+
+    # ---------------------------------------------------------------- lookups
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (int64 array), -1 where this segment does not hold it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.n == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), self.n - 1)
+        rows = pos if self._order is None else self._order[pos]
+        return np.where(self._sorted[pos] == ids, rows, -1)
+
+    def keys_at(self, rows: np.ndarray) -> list[str | None]:
+        """The keys of ``rows`` (None where there is none)."""
+        if self.keys is None:
+            return [None] * len(rows)
+        return self.keys.take(pa.array(rows, type=pa.int64())).to_pylist()
+
+    # ----------------------------------------------------------- derived data
+    def engine(self, spec: EngineSpec) -> SearchEngine:
+        """The search engine over this segment's codes for ``spec``, built on first use."""
+        with self._lock:
+            if self._engine is None or self._engine[0] != spec:
+                self._engine = (spec, make_engine(spec[0], self.codes, **dict(spec[1])))
+            return self._engine[1]
+
+    def scale(self, mode: str, compute) -> np.ndarray | None:
+        """Per-doc scale of scoring ``mode``, ``compute(self)`` on first use."""
+        with self._lock:
+            if mode not in self._scales:
+                self._scales[mode] = compute(self)
+            return self._scales[mode]
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held per part: codes, ids, norms, vectors, keys, and the posting lists the CPU
+        engines build over the codes (int32 doc + float32 value per non-zero, int64 list offsets)."""
+        nnz = int(np.count_nonzero(self.codes.values))
+        return {
+            "codes": int(self.codes.indices.nbytes + self.codes.values.nbytes),
+            "ids": int(self.ids.nbytes + (0 if self._order is None else self._order.nbytes + self._sorted.nbytes)),
+            "norms": int(self.norms.nbytes),
+            "vectors": int(self.vectors.nbytes) if self.vectors is not None else 0,
+            "keys": int(self.keys.nbytes) if self.keys is not None else 0,
+            "postings": 8 * nnz + 8 * (self.codes.h + 1),
+        }
+
+    # ------------------------------------------------------------ persistence
+    def roles(self) -> tuple[str, ...]:
+        return ("codes", "vectors") if self.vectors is not None else ("codes",)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The segment as Arrow tables, one per file role."""
+        k = self.codes.k
+        columns = {
+            "id": pa.array(self.ids, type=pa.int64()),
+            "indices": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(self.codes.indices).ravel()), k),
+            "values": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(self.codes.values).ravel()), k),
+            "norm": pa.array(self.norms, type=pa.float32()),
+        }
+        if self.keys is not None:
+            columns["key"] = self.keys
+        out = {"codes": pa.table(columns)}
+        if self.vectors is not None:
+            flat = pa.array(np.ascontiguousarray(self.vectors, dtype=np.float16).ravel())
+            out["vectors"] = pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, self.vectors.shape[1])})
+        return out
+
+    @classmethod
+    def from_tables(cls, name: str, tables: dict[str, pa.Table], encoder: "CSREncoder", settings: dict[str, Any],
+                    files: dict[str, Any], root: Path) -> "Segment":
+        """A segment from its (memory-mapped) tables, every size and value range checked."""
+        from .storage import fixed_size_column
+
+        codes = tables["codes"]
+        n, k_doc = codes.num_rows, int(settings["k_doc"])
+        indices = fixed_size_column(codes, "indices", index_dtype(encoder.h))
+        values = fixed_size_column(codes, "values", np.dtype(settings["values_dtype"]))
+        if indices.shape != (n, k_doc) or values.shape != (n, k_doc):
+            raise CorruptIndexError(f"{root}: segment {name} codes have shape {indices.shape}, expected ({n}, {k_doc})")
+        if n and int(indices.max()) >= encoder.h:
+            raise CorruptIndexError(f"{root}: a latent index exceeds h={encoder.h}")
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise CorruptIndexError(f"{root}: code values must be finite and non-negative")
+        ids = codes.column("id").to_numpy()
+        if ids.dtype != np.int64 or (n and ids.min() < 0) or len(np.unique(ids)) != n:
+            raise CorruptIndexError(f"{root}: segment {name} ids must be unique non-negative int64")
+        norms = codes.column("norm").to_numpy()
+        keys = codes.column("key").combine_chunks() if "key" in codes.column_names else None
+        vectors = None
+        if settings.get("store_vectors"):
+            if "vectors" not in tables:
+                raise CorruptIndexError(f"{root}: segment {name} has no stored vectors")
+            vectors = fixed_size_column(tables["vectors"], "vector", np.float16)
+            if vectors.shape != (n, encoder.d):
+                raise CorruptIndexError(f"{root}: segment {name} vectors have shape {vectors.shape}, "
+                                        f"expected ({n}, {encoder.d})")
+        return cls(ids, SparseCodes(indices, values, encoder.h), norms, vectors, keys, name=name, files=files)
+
+    @classmethod
+    def merge(cls, parts: list["Segment"], deleted: list[np.ndarray | None]) -> "Segment":
+        """One new segment holding the live rows of ``parts`` (rows where ``deleted`` is set are dropped)."""
+        keep = [np.flatnonzero(m == 0) if m is not None else slice(None) for m in deleted]
+        codes = SparseCodes(np.concatenate([p.codes.indices[r] for p, r in zip(parts, keep)]),
+                            np.concatenate([p.codes.values[r] for p, r in zip(parts, keep)]), parts[0].codes.h)
+        vectors = None
+        if parts[0].vectors is not None:
+            vectors = np.concatenate([p.vectors[r] for p, r in zip(parts, keep)])
+        keys = None
+        if any(p.keys is not None for p in parts):
+            keys = pa.concat_arrays([
+                (p.keys if p.keys is not None else pa.nulls(p.n, pa.string())).take(
+                    pa.array(np.arange(p.n)[r], type=pa.int64())) for p, r in zip(parts, keep)])
+        return cls(np.concatenate([p.ids[r] for p, r in zip(parts, keep)]), codes,
+                   np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys)

@@ -1,0 +1,53 @@
+"""What an index holds: memory per vector by part, and how selective its codes are."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .index import CSRIndex
+    from .store import Snapshot
+
+__all__ = ["index_stats", "latent_usage"]
+
+
+def latent_usage(snap: "Snapshot", h: int) -> np.ndarray:
+    """Live documents in which each latent is active (h,), int64: the length of its posting list."""
+    counts = np.zeros(h, dtype=np.int64)
+    for seg, dead in zip(snap.segments, snap.deleted):
+        active = seg.codes.values > 0
+        if dead is not None:
+            active &= (dead == 0)[:, None]
+        counts += np.bincount(seg.codes.indices[active].astype(np.int64), minlength=h)
+    return counts
+
+
+def index_stats(index: "CSRIndex", snap: "Snapshot") -> dict[str, Any]:
+    """Settings, counts, memory per live vector (codes, ids, norms, originals, keys, and the
+    engines' posting lists once built) and latent usage (busiest latent's share of documents)."""
+    n = snap.ntotal
+    parts: dict[str, int] = {}
+    for seg in snap.segments:
+        for name, nbytes in seg.nbytes().items():
+            parts[name] = parts.get(name, 0) + nbytes
+    out: dict[str, Any] = {
+        "d": index.d, "h": index.h, "k": index.k, "k_doc": index.k_doc, "metric": index.metric,
+        "ntotal": n, "segments": len(snap.segments), "deleted_rows": sum(s.n for s in snap.segments) - n,
+        "is_trained": index.is_trained, "store_vectors": index.store_vectors,
+        "indices_dtype": str(np.dtype(np.uint16 if index.h <= 1 << 16 else np.uint32)),
+        "values_dtype": str(index.values_dtype),
+        "code_bytes_per_vector": index.k_doc * (np.dtype(np.uint16 if index.h <= 1 << 16 else np.uint32).itemsize
+                                                + index.values_dtype.itemsize),
+        "dense_float32_bytes_per_vector": 4 * index.d,
+    }
+    if n:
+        out["memory_bytes_per_vector"] = round(sum(parts.values()) / n, 1)
+        out.update({f"memory_{name}_bytes_per_vector": round(b / n, 1) for name, b in parts.items() if b})
+        counts = latent_usage(snap, index.h)
+        out["mean_nonzeros_per_code"] = round(float(counts.sum() / n), 2)
+        out["latents_unused_by_stored_codes"] = int((counts == 0).sum())
+        out["busiest_latent_doc_fraction"] = round(float(counts.max() / n), 4)
+    out.update({f"train_{k}": v for k, v in index.train_stats.items()})
+    return out

@@ -1,0 +1,145 @@
+"""The row store: immutable segments plus tombstones, swapped atomically as snapshots.
+
+Every write (add, remove, merge, reset) builds a new :class:`Snapshot` under the
+store's lock and replaces the old one in a single assignment; a reader takes the
+current snapshot once and uses it to the end, so searches never see half a write
+and writers never wait for searches (as Lucene's and Qdrant's segments work).
+
+``add`` appends one segment per batch, O(batch); segments of similar size are then
+merged (a tiered policy: ``merge_factor`` segments of one size tier become one), so a
+stream of small adds costs O(log N) copies per row and the segment count stays small.
+Merges drop deleted rows. A large memory-mapped segment is only merged with others of
+its size tier, so it stays memory-mapped after ``load`` + ``add``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .segment import Segment
+
+__all__ = ["Snapshot", "RowStore"]
+
+MERGE_FACTOR = 8
+"""Segments of one size tier merged into one; tiers are powers of this factor times MIN_TIER rows."""
+MIN_TIER = 1024
+PURGE_FRACTION = 0.25
+"""A segment is rewritten without its deleted rows once this fraction of it is deleted."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The segments of an index at one moment, with a uint8 deleted mask (or None) per segment."""
+
+    segments: tuple[Segment, ...] = ()
+    deleted: tuple[np.ndarray | None, ...] = ()
+
+    @property
+    def ntotal(self) -> int:
+        """Live (not deleted) rows."""
+        return sum(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
+
+    def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment number, row) of each live id; (-1, -1) where it is absent or deleted."""
+        ids = np.asarray(ids, dtype=np.int64)
+        seg = np.full(ids.shape, -1, dtype=np.int64)
+        rows = np.full(ids.shape, -1, dtype=np.int64)
+        for i, (s, mask) in enumerate(zip(self.segments, self.deleted)):
+            r = s.rows_of(ids)
+            found = r >= 0
+            if mask is not None:
+                found &= mask[np.maximum(r, 0)] == 0
+            seg[found], rows[found] = i, r[found]
+        return seg, rows
+
+    def live_ids(self) -> np.ndarray:
+        """Every live id, in storage order (segment by segment)."""
+        parts = [s.ids if m is None else s.ids[m == 0] for s, m in zip(self.segments, self.deleted)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _tier(n: int) -> int:
+    return int(math.log(max(n, 1) / MIN_TIER, MERGE_FACTOR)) if n > MIN_TIER else 0
+
+
+class RowStore:
+    """Segments + tombstones behind a lock (writers) and an atomically replaced snapshot (readers)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.snapshot = Snapshot()
+
+    def __getstate__(self) -> dict:  # copies and pickles drop the lock
+        return {"snapshot": self.snapshot}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.snapshot = state["snapshot"]
+
+    def replace(self, segments: list[Segment], deleted: list[np.ndarray | None]) -> None:
+        """Install new contents (e.g. after ``load``); callers hold ``lock`` when others may write."""
+        self.snapshot = Snapshot(tuple(segments), tuple(deleted))
+
+    def add(self, segment: Segment, replace_existing: bool = False) -> int:
+        """Append ``segment``; its ids must be new unless ``replace_existing``, which deletes the
+        live rows holding them first, in the same snapshot. Returns the rows replaced."""
+        with self.lock:
+            snap = self.snapshot
+            where, rows = snap.locate(segment.ids)
+            present = where >= 0
+            if present.any() and not replace_existing:
+                raise ValueError(f"ids already in the index: {segment.ids[present][:5].tolist()} "
+                                 "(remove_ids them first, or add_with_ids(..., upsert=True))")
+            deleted = self._mark(snap, where[present], rows[present])
+            self._install(list(snap.segments) + [segment], deleted + [None])
+            return int(present.sum())
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Delete the live rows holding ``ids`` (unknown ids are ignored); returns how many."""
+        with self.lock:
+            snap = self.snapshot
+            where, rows = snap.locate(np.unique(np.asarray(ids, dtype=np.int64)))
+            found = where >= 0
+            if found.any():
+                self._install(list(snap.segments), self._mark(snap, where[found], rows[found]))
+            return int(found.sum())
+
+    def compact(self) -> None:
+        """Merge every segment into one without deleted rows."""
+        with self.lock:
+            snap = self.snapshot
+            if len(snap.segments) > 1 or any(m is not None for m in snap.deleted):
+                merged = Segment.merge(list(snap.segments), list(snap.deleted))
+                self.snapshot = Snapshot((merged,), (None,)) if merged.n else Snapshot()
+
+    def _mark(self, snap: Snapshot, where: np.ndarray, rows: np.ndarray) -> list[np.ndarray | None]:
+        """The deleted masks of ``snap`` with (segment, row) pairs added (copy on write)."""
+        deleted = list(snap.deleted)
+        for i in np.unique(where):
+            mask = np.zeros(snap.segments[i].n, np.uint8) if deleted[i] is None else deleted[i].copy()
+            mask[rows[where == i]] = 1
+            deleted[i] = mask
+        return deleted
+
+    def _install(self, segments: list[Segment], deleted: list[np.ndarray | None]) -> None:
+        """Purge mostly-deleted segments, merge full size tiers, then publish the snapshot."""
+        for i, (seg, mask) in enumerate(zip(segments, deleted)):
+            if mask is not None and mask.sum() >= PURGE_FRACTION * seg.n:
+                segments[i], deleted[i] = Segment.merge([seg], [mask]), None
+        keep = [i for i, s in enumerate(segments) if s.n]
+        segments, deleted = [segments[i] for i in keep], [deleted[i] for i in keep]
+        while True:
+            tiers = [_tier(s.n) for s in segments]
+            full = next((t for t in sorted(set(tiers)) if tiers.count(t) >= MERGE_FACTOR), None)
+            if full is None:
+                break
+            group = [i for i, t in enumerate(tiers) if t == full]
+            merged = Segment.merge([segments[i] for i in group], [deleted[i] for i in group])
+            rest = [i for i in range(len(segments)) if i not in group]
+            segments = [segments[i] for i in rest] + [merged]
+            deleted = [deleted[i] for i in rest] + [None]
+        self.snapshot = Snapshot(tuple(segments), tuple(deleted))
