@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .errors import NotTrainedError
 from .model import SparseAdapter
+from .progress import progress_bar
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive
 
@@ -31,8 +30,11 @@ log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip")
 WORKING_SET = 1 << 24
-"""Float32 elements one encoding batch may gather for the least-squares refit (64 MiB):
-the batch shrinks as k * d grows, so memory does not grow with the model."""
+"""Float32 elements an encoding batch may hold in its largest block (64 MiB): the (batch, h)
+pre-activations, or the (batch, k, d) atoms gathered when there is no gram matrix; the
+batch shrinks as the model grows, so memory does not."""
+GRAM_MAX_H = 8192
+"""Widest code space whose (h, h) gram matrix W W^T is kept for encoding (256 MiB at h = 8192)."""
 
 
 class CSREncoder:
@@ -64,6 +66,10 @@ class CSREncoder:
         self.progress = progress
         self.adapter: SparseAdapter | None = None
         self.train_stats: dict[str, Any] = {}
+        self._gram: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # copies and pickles drop the cached gram matrix
+        return {**self.__dict__, "_gram": None}
 
     @property
     def h(self) -> int:
@@ -120,7 +126,7 @@ class CSREncoder:
             pair_arrays = (pq, pp)
         log.info("training CSR adapter: n=%d d=%d h=%d k=%d", len(xs), self.d, self.h, self.k)
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
-        self.adapter = result.adapter.to(self.device)
+        self.adapter, self._gram = result.adapter.to(self.device), None
         codes = self.encode_prepared(xs, self.k if idf_k is None else idf_k)[0]
         if self.config.idf_weights:
             self.adapter.set_latent_weights(
@@ -143,25 +149,43 @@ class CSREncoder:
         return torch.from_numpy(x).to(self.device)
 
     def batch_size(self, k: int) -> int:
-        """Vectors per encoding batch: the refit's (batch, k, d) gather stays under WORKING_SET."""
-        return int(max(64, min(8192, WORKING_SET // (k * self.d))))
+        """Vectors per encoding batch: its largest block stays under WORKING_SET elements."""
+        widest = self.h if self.h <= GRAM_MAX_H else max(self.h, k * self.d)
+        return int(max(64, min(8192, WORKING_SET // widest)))
+
+    def _gram_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W W^T, W pre_bias) on the device, computed once per adapter; None above GRAM_MAX_H."""
+        if self._gram is None and self.h <= GRAM_MAX_H:
+            with torch.inference_mode():
+                self._gram = self.require_trained().gram()
+        return self._gram
 
     def encode_prepared(self, xs: np.ndarray, k: int, refit: bool | None = None) -> tuple[SparseCodes, np.ndarray]:
         """Codes (float32 values) of prepared vectors at ``k`` latents, and the L2 norms of
         their reconstructions (float32, n). ``refit`` defaults to ``config.refit``."""
         adapter = self.require_trained()
         refit = self.config.refit if refit is None else refit
+        tables = self._gram_tables()
         step = self.batch_size(k)
         idx_parts, val_parts, norm_parts = [], [], []
         starts = range(0, len(xs), step)
         show = self.progress and len(xs) > 10 * step
         with torch.inference_mode():
-            for s in tqdm(starts, desc="encoding", unit="batch", disable=not show, mininterval=5.0):
+            for s in progress_bar(starts, show, desc="encoding", unit="batch"):
                 xb = self._tensor(xs[s : s + step])
-                values, indices = adapter.encode(xb, k)
-                if refit:
-                    values, indices = adapter.refit(xb, indices)
-                norm_parts.append(adapter.decode(values, indices).norm(dim=1).cpu().numpy())
+                pre = adapter.preactivations(xb)
+                values, indices = adapter.topk(pre, k)
+                if tables is None:
+                    if refit:
+                        values, indices, _ = adapter.refit(pre, indices, adapter.support_gram(indices))
+                    norms = adapter.decode(values, indices).norm(dim=1)
+                else:  # one gather of W_S W_S^T serves the refit and the norms
+                    g = adapter.support_gram(indices, tables[0])
+                    if refit:
+                        values, indices, order = adapter.refit(pre, indices, g)
+                        g = g.gather(1, order.unsqueeze(2).expand_as(g)).gather(2, order.unsqueeze(1).expand_as(g))
+                    norms = adapter.code_norms(values, indices, g, tables[1])
+                norm_parts.append(norms.cpu().numpy())
                 idx_parts.append(indices.cpu().numpy().astype(index_dtype(self.h)))
                 val_parts.append(values.cpu().numpy())
         codes = SparseCodes(np.concatenate(idx_parts), np.concatenate(val_parts), self.h)

@@ -53,21 +53,52 @@ class SparseAdapter(nn.Module):
         """k-sparse codes of ``x``: values (n, k) >= 0, descending, and latent indices (n, k)."""
         return self.topk(self.preactivations(x), k)
 
-    def refit(self, x: torch.Tensor, indices: torch.Tensor, ridge: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-        """Least-squares values on a fixed support: the best non-negative reconstruction of ``x``
-        from its latents ``indices`` (n, k), returned re-sorted by descending value.
+    def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W W^T`` (h, h) and ``W pre_bias`` (h,): the tables :meth:`support_gram`,
+        :meth:`refit` and :meth:`code_norms` read; computed once per adapter by callers
+        that encode many batches."""
+        return self.W @ self.W.T, self.W @ self.pre_bias
 
-        The encoder picks the support in one linear pass; solving the small (k, k) system
-        ``min ||x - pre_bias - z W_S||`` on it lowers the reconstruction error of codes at no
-        change in sparsity. Negative solutions are clipped to 0 (an empty slot).
+    def support_gram(self, indices: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+        """``W_S W_S^T`` (n, k, k) of each code's support ``indices`` (n, k): gathered from
+        ``gram`` (:meth:`gram`) when given (n * k * k reads), else from the atoms W[indices]."""
+        if gram is None:
+            atoms = self.W[indices]
+            return atoms @ atoms.transpose(1, 2)
+        n, k = indices.shape
+        flat = (indices.unsqueeze(2) * gram.shape[0] + indices.unsqueeze(1)).reshape(-1)
+        return gram.reshape(-1).index_select(0, flat).view(n, k, k)
+
+    def refit(
+        self, pre: torch.Tensor, indices: torch.Tensor, g: torch.Tensor, ridge: float = 1e-4
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Least-squares values on a fixed support: (values, indices, order), re-sorted by
+        descending value, ``order`` the permutation applied.
+
+        The encoder picks each code's k latents ``indices`` (n, k) in one linear pass; this
+        solves ``min_z ||x - pre_bias - z W_S||^2`` (ridge-regularised) on that support and
+        clips negative solutions to 0 (an empty slot): an unconstrained solve, then a clip,
+        not a non-negative least-squares solver. The normal equations need only the
+        pre-activations ``pre`` (n, h) — ``W_S (x - pre_bias) = (pre - latent_bias)_S`` —
+        and ``g`` = ``W_S W_S^T`` (:meth:`support_gram`).
         """
-        atoms = self.W[indices]  # (n, k, d)
-        gram = atoms @ atoms.transpose(1, 2)
-        gram = gram + ridge * torch.eye(indices.shape[1], dtype=gram.dtype, device=gram.device)
-        rhs = (atoms @ (x - self.pre_bias).unsqueeze(2)).squeeze(2)
-        values = torch.linalg.solve(gram, rhs).clamp_min(0)
-        values, order = torch.sort(values, dim=1, descending=True)
-        return values, indices.gather(1, order)
+        eye = torch.eye(indices.shape[1], dtype=g.dtype, device=g.device)
+        rhs = (pre.gather(1, indices) - self.latent_bias[indices]).unsqueeze(2)
+        factor, info = torch.linalg.cholesky_ex(g + ridge * eye)
+        if bool((info == 0).all()):
+            values = torch.cholesky_solve(rhs, factor).squeeze(2)
+        else:  # a numerically singular support: fall back to LU
+            values = torch.linalg.solve(g + ridge * eye, rhs).squeeze(2)
+        values, order = torch.sort(values.clamp_min(0), dim=1, descending=True)
+        return values, indices.gather(1, order), order
+
+    def code_norms(self, values: torch.Tensor, indices: torch.Tensor, g: torch.Tensor,
+                   w_bias: torch.Tensor) -> torch.Tensor:
+        """``||decode(z)||`` (n,) without decoding: ``z_S^T g z_S + 2 z_S . (W pre_bias)_S +
+        ||pre_bias||^2``, with ``g`` = ``W_S W_S^T`` in the order of ``indices``."""
+        quad = (values.unsqueeze(1) @ g @ values.unsqueeze(2)).reshape(-1)
+        total = quad + 2 * (values * w_bias[indices]).sum(1) + self.pre_bias.pow(2).sum()
+        return total.clamp_min(0).sqrt()
 
     def set_latent_weights(self, indices: torch.Tensor, values: torch.Tensor, n: int) -> None:
         """Set ``latent_weight`` to sqrt(IDF) of each latent over ``n`` training codes.

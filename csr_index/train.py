@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .config import CSRConfig
 from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
 from .model import SparseAdapter
+from .progress import progress_bar
 
 __all__ = ["TrainResult", "train_adapter", "resolve_device"]
 
@@ -96,7 +96,7 @@ def train_adapter(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     log_every = max(1, steps // 20)
-    bar = tqdm(range(steps), desc="training CSR adapter", disable=not progress, unit="step")
+    bar = progress_bar(range(steps), progress, desc="training CSR adapter", unit="step")
     for step in bar:
         if cursor + batch > n:
             order, cursor = rng.permutation(n), 0
