@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
 import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
+from csr_index.build import build_from_file
 from csr_index.cli.common import (
     echo_results,
     load_index,
@@ -19,6 +21,7 @@ from csr_index.cli.common import (
     setup_logging,
 )
 from csr_index.evaluation import evaluate_run, read_qrels
+from csr_index.io import EmbeddingFile
 from csr_index.rerank import exact_topn
 
 SCORE_CHOICE = click.Choice(["asymmetric", "code", "exact"])
@@ -45,28 +48,35 @@ def main() -> None:
               help="Keep float16 originals for exact re-ranking.")
 @click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--steps", type=int, default=None, help="Training steps (default: from the data size).")
+@click.option("--max-train", type=int, default=100_000, show_default=True,
+              help="Train on a random sample of at most this many rows (0: all).")
+@click.option("--batch-rows", type=int, default=65_536, show_default=True, help="Rows read and encoded at a time.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
-def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, steps, seed, device, quiet):
-    """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index."""
+def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, steps,
+          max_train, batch_rows, seed, device, quiet):
+    """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index.
+
+    The file is read in batches: training uses a random sample of at most --max-train rows,
+    then every row is encoded and added one batch at a time, so memory holds the index, the
+    sample and one batch, never the whole file."""
     setup_logging(quiet)
-    emb = read_vectors(embeddings, column, id_column)
     out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
-        config = CSRConfig(steps=steps, seed=seed, device=device, nested_k=nested_k)
-        index = CSRIndex(emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0, k=k, h=h, k_doc=k_doc, metric=metric,
-                         store_vectors=store_vectors, values_dtype=values_dtype, config=config, progress=not quiet)
-        index.train(emb.vectors)
-        if emb.ids is not None:
-            index.add_with_ids(emb.vectors, emb.ids)
-        else:
-            index.add(emb.vectors, keys=emb.keys)
+        source = EmbeddingFile(embeddings, column, id_column)
+        config = CSRConfig(steps=steps, seed=seed, device=device, nested_k=nested_k,
+                           max_train=max_train if max_train > 0 else None)
+        index = CSRIndex(source.dim, k=k, h=h, k_doc=k_doc, metric=metric, store_vectors=store_vectors,
+                         values_dtype=values_dtype, config=config, progress=not quiet)
+        seconds = build_from_file(index, source, batch_rows=batch_rows, progress=not quiet)
+        start = time.perf_counter()
         index.save(out)
-    except (ValueError, TypeError) as exc:
+        seconds["save"] = time.perf_counter() - start
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    stats = index.train_stats
-    click.echo(f"built {index!r} in {stats['seconds']:.1f}s training (fvu {stats['fvu']:.3f}) -> {out}")
+    phases = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
+    click.echo(f"built {index!r} ({phases}; training fvu {index.train_stats['fvu']:.3f}) -> {out}")
 
 
 @main.command()

@@ -64,6 +64,9 @@ class CSRConfig:
     """Adam epsilon (paper)."""
     batch_size: int = 1024
     """Training batch size; also the pool of in-batch negatives."""
+    max_train: int | None = 100_000
+    """Train on a random sample of at most this many vectors (``None``: all). The default
+    schedule sees ~20 epochs of 100k vectors; more data mostly costs memory and time."""
     steps: int | None = None
     """Optimiser steps; ``None`` chooses from the number of training vectors (see ``train_steps``)."""
     epochs: float = 20.0
@@ -90,7 +93,7 @@ class CSRConfig:
             raise ValueError(f"CSRConfig.nested_k must hold positive budgets, got {self.nested_k}")
         if self.nested_weight is not None and not self.nested_weight >= 0:
             raise ValueError(f"CSRConfig.nested_weight must be >= 0 or None, got {self.nested_weight!r}")
-        for name in ("steps", "min_steps", "max_steps", "batch_size"):
+        for name in ("steps", "min_steps", "max_steps", "batch_size", "max_train"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"CSRConfig.{name} must be a positive integer, got {value!r}")

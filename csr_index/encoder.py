@@ -108,13 +108,20 @@ class CSREncoder:
 
     # --------------------------------------------------------------- training
     def fit(self, x: Any, pairs: tuple[Any, Any] | None = None, idf_k: int | None = None) -> "CSREncoder":
-        """Train the adapter on vectors ``x`` (n, d); returns ``self``.
+        """Train the adapter on vectors ``x`` (n, d) — a random sample of ``config.max_train``
+        of them when there are more —; returns ``self``.
 
         ``pairs`` = (queries, positives), two (m, d) arrays of matching rows, turns the
         contrastive term into supervised InfoNCE on those pairs. With ``config.idf_weights``
         the latent weights become sqrt(IDF) over the codes of ``x`` at ``idf_k`` latents
         (default ``k``; an index passes the latents it stores per document).
         """
+        n = len(x) if hasattr(x, "__len__") else None
+        cap = self.config.max_train
+        if cap is not None and n is not None and n > cap:
+            rows = np.sort(np.random.default_rng(self.config.seed).choice(n, cap, replace=False))
+            log.info("training on a random sample of %d of the %d vectors (CSRConfig.max_train)", cap, n)
+            x = np.asarray(x)[rows]
         xs = self.prepare(x)
         pair_arrays = None
         if pairs is not None:

@@ -1,8 +1,9 @@
-"""Reading dense embeddings (and their ids) from Parquet or .npy files."""
+"""Reading dense embeddings (and their ids) from Parquet or .npy files, whole or in batches."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["Embeddings", "read_embeddings"]
+__all__ = ["Embeddings", "EmbeddingFile", "read_embeddings"]
 
 
 @dataclass
@@ -24,49 +25,103 @@ class Embeddings:
     """The other columns of a Parquet source (e.g. text), for payloads."""
 
 
-def read_embeddings(
-    path: str | os.PathLike, column: str = "embedding", id_column: str | None = "id"
-) -> Embeddings:
-    """Read a (n, d) float32 matrix from a ``.npy`` file or a Parquet column.
+class EmbeddingFile:
+    """A ``.npy`` file or a Parquet column of vectors, read whole, in batches, or by rows.
 
-    The Parquet column must be a fixed-size or variable list of floats (all rows the
-    same length). ``id_column``, when present in the file, gives ids: integer
-    columns become int64 ids, string columns become keys. A missing ``id_column``
-    named explicitly is an error; the default ``"id"`` is simply skipped when absent.
+    The Parquet column must be a fixed-size or variable list of numbers (all rows the same
+    length). ``id_column``, when present, gives ids: integer columns become int64 ids,
+    string columns become keys. A missing ``id_column`` named explicitly is an error; the
+    default ``"id"`` is simply skipped when absent. Batches and row samples hold only their
+    own rows in memory (``.npy`` files are memory-mapped).
     """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file: {p}")
-    if p.suffix == ".npy":
+
+    def __init__(self, path: str | os.PathLike, column: str = "embedding", id_column: str | None = "id") -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no such file: {self.path}")
+        self.column = column
+        self.id_column = id_column
+        if self.path.suffix == ".npy":
+            try:
+                self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise ValueError(f"{self.path} is not a plain numeric .npy array: {exc}") from exc
+            self.num_rows = int(self._array.shape[0]) if self._array.ndim else 0
+            self.id_column = None
+            return
+        if self.path.suffix not in (".parquet", ".pq"):
+            raise ValueError(f"unsupported file type {self.path.suffix!r} for {self.path}: use .parquet or .npy")
         try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{p} is not a plain numeric .npy array: {exc}") from exc
-        return Embeddings(np.asarray(arr))
-    if p.suffix not in (".parquet", ".pq"):
-        raise ValueError(f"unsupported file type {p.suffix!r} for {p}: use .parquet or .npy")
-    try:
-        schema = pq.read_schema(p)
-    except pa.ArrowException as exc:
-        raise ValueError(f"{p} is not a readable Parquet file: {exc}") from exc
-    names = schema.names
-    if column not in names:
-        raise ValueError(f"{p} has no column {column!r}; its columns are {names}")
-    if id_column is not None and id_column not in names:
-        if id_column != "id":
-            raise ValueError(f"{p} has no id column {id_column!r}; its columns are {names}")
-        id_column = None
-    table = pq.read_table(p)
-    vectors = _list_column_to_matrix(table.column(column), column)
-    ids = keys = None
-    if id_column is not None:
-        col = table.column(id_column)
-        if pa.types.is_integer(col.type):
-            ids = col.to_numpy().astype(np.int64)
-        else:
-            keys = [str(v) for v in col.to_pylist()]
-    rest = table.drop_columns([column])
-    return Embeddings(vectors, ids=ids, keys=keys, table=rest)
+            self._parquet = pq.ParquetFile(self.path)
+        except pa.ArrowException as exc:
+            raise ValueError(f"{self.path} is not a readable Parquet file: {exc}") from exc
+        names = self._parquet.schema_arrow.names
+        if column not in names:
+            raise ValueError(f"{self.path} has no column {column!r}; its columns are {names}")
+        if id_column is not None and id_column not in names:
+            if id_column != "id":
+                raise ValueError(f"{self.path} has no id column {id_column!r}; its columns are {names}")
+            self.id_column = None
+        self.num_rows = self._parquet.metadata.num_rows
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors (from the schema, or the first row of a variable-length list column)."""
+        if self.path.suffix == ".npy":
+            return int(self._array.shape[1]) if self._array.ndim == 2 else 0
+        typ = self._parquet.schema_arrow.field(self.column).type
+        if pa.types.is_fixed_size_list(typ):
+            return typ.list_size
+        first = next(self.batches(1), None)
+        return first.vectors.shape[1] if first is not None else 0
+
+    def read(self) -> Embeddings:
+        """Every row, with the file's other columns (Parquet) as ``table``."""
+        if self.path.suffix == ".npy":
+            return Embeddings(np.asarray(self._array, dtype=np.float32) if self._array.dtype.kind == "f"
+                              else np.asarray(self._array))
+        return self._embeddings(self._parquet.read())
+
+    def batches(self, batch_rows: int = 65_536) -> Iterator[Embeddings]:
+        """The file in consecutive batches of about ``batch_rows`` rows (vectors, ids or keys only)."""
+        if self.path.suffix == ".npy":
+            for start in range(0, self.num_rows, batch_rows):
+                yield Embeddings(np.asarray(self._array[start : start + batch_rows]))
+            return
+        columns = [self.column] + ([self.id_column] if self.id_column else [])
+        for batch in self._parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            yield self._embeddings(pa.Table.from_batches([batch]), keep_table=False)
+
+    def rows(self, rows: np.ndarray, batch_rows: int = 65_536) -> np.ndarray:
+        """The vectors of the given sorted row numbers (e.g. a training sample), read in one pass."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.path.suffix == ".npy":
+            return np.asarray(self._array[rows])
+        parts, start = [], 0
+        for batch in self._parquet.iter_batches(batch_size=batch_rows, columns=[self.column]):
+            stop = start + batch.num_rows
+            lo, hi = np.searchsorted(rows, [start, stop])
+            if hi > lo:
+                vectors = _list_column_to_matrix(pa.chunked_array([batch.column(0)]), self.column)
+                parts.append(vectors[rows[lo:hi] - start])
+            start = stop
+        return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+    def _embeddings(self, table: pa.Table, keep_table: bool = True) -> Embeddings:
+        vectors = _list_column_to_matrix(table.column(self.column), self.column)
+        ids = keys = None
+        if self.id_column is not None:
+            col = table.column(self.id_column)
+            if pa.types.is_integer(col.type):
+                ids = col.to_numpy().astype(np.int64)
+            else:
+                keys = [str(v) for v in col.to_pylist()]
+        return Embeddings(vectors, ids=ids, keys=keys, table=table.drop_columns([self.column]) if keep_table else None)
+
+
+def read_embeddings(path: str | os.PathLike, column: str = "embedding", id_column: str | None = "id") -> Embeddings:
+    """Read a (n, d) matrix (and ids or keys) from a ``.npy`` file or a Parquet column (see :class:`EmbeddingFile`)."""
+    return EmbeddingFile(path, column, id_column).read()
 
 
 def _list_column_to_matrix(col: pa.ChunkedArray, name: str) -> np.ndarray:

@@ -77,11 +77,11 @@ def train_adapter(
         raise ValueError(f"pre_bias_init must be 'mean' or 'zero', got {cfg.pre_bias_init!r}")
     adapter.to(device).train()
 
-    data = torch.from_numpy(train_x).to(device)
-    n = data.shape[0]
+    # the training set stays in host memory; each batch is copied to the device when drawn
+    n = train_x.shape[0]
     if pairs is not None:
-        pq = torch.from_numpy(np.ascontiguousarray(pairs[0], dtype=np.float32)).to(device)
-        pp = torch.from_numpy(np.ascontiguousarray(pairs[1], dtype=np.float32)).to(device)
+        pq = np.ascontiguousarray(pairs[0], dtype=np.float32)
+        pp = np.ascontiguousarray(pairs[1], dtype=np.float32)
     steps = cfg.train_steps(n)
     batch = min(cfg.batch_size, n)
     opt = torch.optim.Adam(adapter.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
@@ -100,9 +100,8 @@ def train_adapter(
     for step in bar:
         if cursor + batch > n:
             order, cursor = rng.permutation(n), 0
-        idx = torch.from_numpy(order[cursor : cursor + batch]).to(device)
+        xb = torch.from_numpy(train_x[order[cursor : cursor + batch]]).to(device)
         cursor += batch
-        xb = data[idx]
 
         pre = adapter.preactivations(xb)
         values, indices = adapter.topk(pre, k)
@@ -119,8 +118,9 @@ def train_adapter(
             loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - x_hat).detach(), k_aux)
         if cfg.gamma > 0:
             if pairs is not None:
-                j = torch.from_numpy(rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))).to(device)
-                cl = contrastive_loss(adapter.encode(pq[j], k), adapter.encode(pp[j], k), h, cfg.temperature)
+                j = rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))
+                qb, pb = torch.from_numpy(pq[j]).to(device), torch.from_numpy(pp[j]).to(device)
+                cl = contrastive_loss(adapter.encode(qb, k), adapter.encode(pb, k), h, cfg.temperature)
             elif cfg.contrastive == "distill":
                 cl = distillation_loss((values, indices), xb, h, cfg.distill_temperature)
                 for kp in prefixes:

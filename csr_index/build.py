@@ -1,0 +1,51 @@
+"""Building an index from an embeddings file in bounded memory: train on a sample, add in batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .io import EmbeddingFile
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .index import CSRIndex
+
+__all__ = ["build_from_file"]
+
+log = logging.getLogger(__name__)
+
+
+def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 65_536,
+                    progress: bool = False) -> dict[str, float]:
+    """Train ``index`` on a random sample of at most ``config.max_train`` rows of ``source``, then
+    encode and add every row, one batch of ``batch_rows`` at a time, and merge the segments.
+
+    Integer ids in the file become the index's ids, string ids its keys. Memory holds the
+    sample, one batch and the index itself, never the whole file. Returns seconds per phase.
+    """
+    seconds = {}
+    start = time.perf_counter()
+    n, cap = source.num_rows, index.config.max_train
+    rng = np.random.default_rng(index.config.seed)
+    rows = np.arange(n) if cap is None or n <= cap else np.sort(rng.choice(n, cap, replace=False))
+    if len(rows) < n:
+        log.info("training on a random sample of %d of the %d vectors (max_train)", len(rows), n)
+    index.train(source.rows(rows, batch_rows))
+    seconds["train"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with progress_bar(total=n, show=progress, desc="encoding and adding", unit="vec") as bar:
+        for batch in source.batches(batch_rows):
+            if batch.ids is not None:
+                index.add_with_ids(batch.vectors, batch.ids)
+            else:
+                index.add(batch.vectors, keys=batch.keys)
+            bar.update(len(batch.vectors))
+    seconds["add"] = time.perf_counter() - start
+    start = time.perf_counter()
+    index.compact()
+    seconds["compact"] = time.perf_counter() - start
+    return seconds
