@@ -11,6 +11,7 @@ import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
 from csr_index.build import build_from_file
+from csr_index.engines import warm_up
 from csr_index.cli.common import (
     echo_results,
     load_index,
@@ -73,6 +74,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
         start = time.perf_counter()
         index.save(out)
         seconds["save"] = time.perf_counter() - start
+        seconds["compile search kernels"] = warm_up()
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     phases = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())

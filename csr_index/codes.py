@@ -54,7 +54,11 @@ class SparseCodes:
         return f"SparseCodes(n={self.n}, k={self.k}, h={self.h}, values={self.values.dtype})"
 
     def truncate(self, k: int) -> "SparseCodes":
-        """The k'-sparse codes made of each row's ``k`` largest entries (a view, no copy)."""
+        """The first ``k`` slots of each code, i.e. its ``k`` largest entries (a view, no copy).
+
+        Without refit this is exactly the code the encoder gives at ``k``; with refit
+        (``CSRConfig.refit``) encoding at ``k`` re-fits the values on that smaller support,
+        so the two differ in their values (and slots a re-fit empties)."""
         if k >= self.k:
             return self
         return SparseCodes(self.indices[:, :k], self.values[:, :k], self.h)

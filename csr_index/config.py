@@ -79,7 +79,8 @@ class CSRConfig:
     """'mean' starts ``pre_bias`` at the data mean (as EleutherAI sparsify); 'zero' as the paper."""
     refit: bool = True
     """Encoding: after the encoder picks each code's k latents, solve for their values by
-    least squares (non-negative), which lowers the reconstruction error of the stored codes."""
+    (ridge) least squares on that support and clip negative solutions to 0 — not a true
+    non-negative least-squares solve —, which lowers the reconstruction error of the codes."""
     idf_weights: bool = True
     """Code x code scoring weighs each latent by sqrt(IDF) over the training codes (hub latents count less)."""
     seed: int = 0

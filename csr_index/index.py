@@ -1,18 +1,5 @@
-"""CSRIndex: a FAISS-shaped index over learned k-sparse codes (a facade over the modules below).
-
-=============== ===========================================================================
-module          what it owns
-=============== ===========================================================================
-``encoder``     the trained adapter: fit, prepare, encode, project, decode, latent weights
-``store``       segments + tombstones as atomic snapshots; add / remove / merge
-``segment``     one immutable block of rows: ids, codes, norms, originals, keys, its engine
-``scoring``     the code-space scores (code, asymmetric) as query -> engine-input objects
-``engines``     shortlists over one segment's codes (pruned, inverted, torch, scipy)
-``rerank``      exact scores against the stored originals (re-rank, flat scan)
-``searcher``    one search over every segment, then merge
-``storage``     the on-disk format: manifest, safetensors, Arrow; atomic saves
-=============== ===========================================================================
-"""
+"""CSRIndex: a FAISS-shaped facade over the encoder, the segment store, the scoring modes, the
+searcher and the storage format (README, "Architecture", says which module owns what)."""
 
 from __future__ import annotations
 
@@ -114,21 +101,12 @@ class CSRIndex:
         self.encoder.fit(x, pairs, idf_k=self.k_doc)
         return self
 
-    def prepare(self, x: Any, name: str = "x") -> np.ndarray:
-        """Validate vectors (n, d) as float32, L2-normalised under metric='cosine'."""
-        return self.encoder.prepare(x, name)
-
-    def encode(self, x: Any, k: int | None = None) -> SparseCodes:
-        """k-sparse codes of vectors ``x`` (n, d) (see :meth:`CSREncoder.encode`)."""
-        return self.encoder.encode(x, k)
-
-    def decode(self, codes: SparseCodes) -> np.ndarray:
-        """Reconstruct dense float32 vectors (n, d) from codes."""
-        return self.encoder.decode(codes)
-
-    def query_code_vectors(self, x: Any, k: int | None = None) -> SparseCodes:
-        """Query codes as code x code scoring sees them (see :meth:`code_vectors`)."""
-        return self.encoder.query_code_vectors(x, k)
+    # the encoder's verbs, on the index as on a FAISS index (see CSREncoder for each)
+    prepare = property(lambda self: self.encoder.prepare, doc="Validate and normalise vectors (CSREncoder.prepare).")
+    encode = property(lambda self: self.encoder.encode, doc="k-sparse codes of vectors (CSREncoder.encode).")
+    decode = property(lambda self: self.encoder.decode, doc="Dense vectors from codes (CSREncoder.decode).")
+    query_code_vectors = property(lambda self: self.encoder.query_code_vectors,
+                                  doc="Query codes as code x code scoring sees them (CSREncoder.query_code_vectors).")
 
     # ------------------------------------------------------------ add / remove
     def add(self, x: Any, keys: Sequence[str] | None = None) -> None:
@@ -170,14 +148,6 @@ class CSRIndex:
         self._store.compact()
 
     # ---------------------------------------------------------------- lookups
-    def _gather(self, ids: Any) -> tuple[np.ndarray, list]:
-        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
-        snap = self._store.snapshot
-        where, rows = snap.locate(flat)
-        if ((where < 0) & (flat >= 0)).any():
-            raise KeyError(f"unknown ids: {flat[(where < 0) & (flat >= 0)][:5].tolist()}")
-        return where, [(i, seg, np.flatnonzero(where == i), rows[where == i]) for i, seg in enumerate(snap.segments)]
-
     @property
     def ids(self) -> np.ndarray:
         """The live ids, in storage order (int64, a copy)."""
@@ -185,21 +155,17 @@ class CSRIndex:
 
     def keys_of(self, ids: Any) -> np.ndarray:
         """String keys for ids of any shape (object array); None where the id is -1 or has no key."""
-        shape = np.shape(ids)
-        where, groups = self._gather(ids)
-        out = np.full(where.shape, None, dtype=object)
-        for _, seg, at, rows in groups:
+        out = np.full(np.size(ids), None, dtype=object)
+        for seg, at, rows in self._store.snapshot.groups(ids, allow_missing=True):
             out[at] = seg.keys_at(rows)
-        return out.reshape(shape)
+        return out.reshape(np.shape(ids))
 
     def reconstruct_codes(self, ids: Any) -> SparseCodes:
         """Stored codes of the given ids (KeyError for an unknown id)."""
-        where, groups = self._gather(ids)
-        if (where < 0).any():
-            raise KeyError("unknown ids: -1")
-        indices = np.empty((len(where), self.k_doc), dtype=index_dtype(self.h))
-        values = np.empty((len(where), self.k_doc), dtype=self.values_dtype)
-        for _, seg, at, rows in groups:
+        n = np.size(ids)
+        indices = np.empty((n, self.k_doc), dtype=index_dtype(self.h))
+        values = np.empty((n, self.k_doc), dtype=self.values_dtype)
+        for seg, at, rows in self._store.snapshot.groups(ids):
             indices[at], values[at] = seg.codes.indices[rows], seg.codes.values[rows]
         return SparseCodes(indices, values, self.h)
 
@@ -208,7 +174,7 @@ class CSRIndex:
         snap = self._store.snapshot
         if len(snap.segments) == 1 and snap.deleted[0] is None:
             return snap.segments[0].codes
-        return self.reconstruct_codes(self.ids)
+        return self.reconstruct_codes(snap.live_ids())
 
     def code_vectors(self) -> SparseCodes:
         """The stored codes as code x code scoring sees them (:meth:`CSREncoder.weigh`), in the
@@ -219,8 +185,7 @@ class CSRIndex:
         """The stored float16 originals (n, d), in the order of :attr:`ids` (needs store_vectors=True)."""
         if not self.store_vectors:
             raise ValueError("this index does not store the original vectors (store_vectors=False)")
-        snap = self._store.snapshot
-        parts = [s.vectors if m is None else s.vectors[m == 0] for s, m in zip(snap.segments, snap.deleted)]
+        parts = self._store.snapshot.live("vectors")
         return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty((0, self.d), np.float16)
 
     # ---------------------------------------------------------------- search

@@ -11,6 +11,7 @@ smaller than float32, 2x smaller than float16).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -74,7 +75,7 @@ def rerank_topn(
     vectors: np.ndarray,
     topn: int,
     scales: np.ndarray | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best ``topn`` of each query's candidate rows (nq, R; -1 = none) by exact inner
     product with ``vectors`` (n, d) float32 / float16 / int8 (int8 needs ``scales``).
@@ -101,7 +102,7 @@ def rerank_topn(
         raise ValueError(f"vectors must be float32, float16 or int8, got {vectors.dtype}")
     sc = np.empty(0, dtype=np.float32) if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
     out_d, out_i = empty_result(len(q), topn)
-    nchunks = max(1, min(int(threads), len(q)))
+    nchunks = max(1, min(numba.get_num_threads() if threads is None else int(threads), len(q)))
     if nchunks == 1:
         _rerank_chunk(0, len(q), q, cand, vectors, lut, sc, out_d, out_i)
     else:

@@ -56,10 +56,26 @@ class Snapshot:
             seg[found], rows[found] = i, r[found]
         return seg, rows
 
+    def live(self, column: str) -> list[np.ndarray]:
+        """A column (``"ids"`` or ``"vectors"``) of every segment, deleted rows left out."""
+        return [getattr(s, column) if m is None else getattr(s, column)[m == 0]
+                for s, m in zip(self.segments, self.deleted)]
+
     def live_ids(self) -> np.ndarray:
         """Every live id, in storage order (segment by segment)."""
-        parts = [s.ids if m is None else s.ids[m == 0] for s, m in zip(self.segments, self.deleted)]
+        parts = self.live("ids")
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def groups(self, ids: np.ndarray, allow_missing: bool = False):
+        """For each segment holding some of ``ids`` (any shape, flattened): (segment, positions in
+        ``ids``, rows). KeyError for an id that is not live, unless it is -1 and ``allow_missing``."""
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        where, rows = self.locate(flat)
+        bad = (where < 0) & ((flat >= 0) | (not allow_missing))
+        if bad.any():
+            raise KeyError(f"unknown ids: {flat[bad][:5].tolist()}")
+        return [(seg, np.flatnonzero(where == i), rows[where == i]) for i, seg in enumerate(self.segments)
+                if (where == i).any()]
 
 
 def _tier(n: int) -> int:

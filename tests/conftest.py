@@ -15,12 +15,6 @@ import torch
 
 from csr_index import CSRConfig, CSRIndex
 
-def pytest_configure(config):
-    # Known library bug (see test_validation.py::test_read_only_input_is_used_without_warnings): read-only
-    # inputs under metric='ip' make torch warn once per process. Keep that out of the summary here.
-    config.addinivalue_line("filterwarnings", "ignore:The given NumPy array is not writable:UserWarning")
-
-
 # One intra-op thread: on a small, shared CPU, torch's thread pool makes tiny
 # training runs ~30x slower, not faster.
 torch.set_num_threads(1)
