@@ -66,10 +66,11 @@ class CSREncoder:
         self.progress = progress
         self.adapter: SparseAdapter | None = None
         self.train_stats: dict[str, Any] = {}
-        self._gram: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._derived: dict[str, Any] = {}
+        """Tables derived from the adapter's weights (gram matrix, numpy copies), built on first use."""
 
-    def __getstate__(self) -> dict[str, Any]:  # copies and pickles drop the cached gram matrix
-        return {**self.__dict__, "_gram": None}
+    def __getstate__(self) -> dict[str, Any]:  # copies and pickles drop the derived tables
+        return {**self.__dict__, "_derived": {}}
 
     @property
     def h(self) -> int:
@@ -133,7 +134,7 @@ class CSREncoder:
             pair_arrays = (pq, pp)
         log.info("training CSR adapter: n=%d d=%d h=%d k=%d", len(xs), self.d, self.h, self.k)
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
-        self.adapter, self._gram = result.adapter.to(self.device), None
+        self.adapter, self._derived = result.adapter.to(self.device), {}
         codes = self.encode_prepared(xs, self.k if idf_k is None else idf_k)[0]
         if self.config.idf_weights:
             self.adapter.set_latent_weights(
@@ -162,10 +163,22 @@ class CSREncoder:
 
     def _gram_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(W W^T, W pre_bias) on the device, computed once per adapter; None above GRAM_MAX_H."""
-        if self._gram is None and self.h <= GRAM_MAX_H:
+        if "gram" not in self._derived and self.h <= GRAM_MAX_H:
             with torch.inference_mode():
-                self._gram = self.require_trained().gram()
-        return self._gram
+                self._derived["gram"] = self.require_trained().gram()
+        return self._derived.get("gram")
+
+    def _query_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy copies for the query path: W (h, d), pre_bias (d,), and the shift (h,) that turns
+        a projection into pre-activations (``pre = x W^T + latent_bias - W pre_bias``)."""
+        if "query" not in self._derived:
+            a = self.require_trained()
+            with torch.inference_mode():
+                W = a.W.detach().cpu().numpy().astype(np.float32)
+                b = a.pre_bias.detach().cpu().numpy().astype(np.float32)
+                shift = (a.latent_bias - a.W @ a.pre_bias).cpu().numpy().astype(np.float32)
+            self._derived["query"] = (np.ascontiguousarray(W), b, shift)
+        return self._derived["query"]
 
     def encode_prepared(self, xs: np.ndarray, k: int, refit: bool | None = None) -> tuple[SparseCodes, np.ndarray]:
         """Codes (float32 values) of prepared vectors at ``k`` latents, and the L2 norms of
@@ -203,13 +216,22 @@ class CSREncoder:
         k = self.k if k is None else check_positive(k, "k", self.k)
         return self.encode_prepared(self.prepare(x), k)[0]
 
-    def project(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def project(self, xs: np.ndarray, k: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The dense side of asymmetric scoring for prepared queries: ``x W^T`` (n, h) and
-        ``x . pre_bias`` (n,), so that ``x . decode(z) = (x W^T) . z + x . pre_bias``."""
-        adapter = self.require_trained()
-        with torch.inference_mode():
-            xt = self._tensor(xs)
-            return adapter.project(xt).cpu().numpy(), (xt @ adapter.pre_bias).cpu().numpy()
+        ``x . pre_bias`` (n,), so that ``x . decode(z) = (x W^T) . z + x . pre_bias``; with ``k``
+        also the support of each query's k-code (n, k), -1 in slots ReLU empties — the same
+        latents :meth:`encode` picks, from the same single product (numpy: for a few queries
+        torch's per-call overhead costs more than the product itself)."""
+        W, pre_bias, shift = self._query_tables()
+        projected = xs @ W.T
+        offset = xs @ pre_bias
+        if k is None:
+            return projected, offset, None
+        pre = projected + shift
+        support = np.argpartition(-pre, k - 1, axis=1)[:, :k] if k < self.h else np.tile(np.arange(self.h), (len(xs), 1))
+        support[np.take_along_axis(pre, support, axis=1) <= 0] = -1
+        return projected, offset, support
 
     def decode(self, codes: SparseCodes) -> np.ndarray:
         """Reconstruct dense float32 vectors (n, d) from codes."""

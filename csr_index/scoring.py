@@ -78,11 +78,12 @@ class AsymmetricScore(Score):
     name = "asymmetric"
 
     def queries(self, encoder, xq, query_k):
-        projected, offset = encoder.project(xq)
-        support = encoder.encode_prepared(xq, query_k, refit=False)[0]
-        terms = np.take_along_axis(projected, support.indices.astype(np.int64), axis=1)
-        terms[support.values == 0] = 0.0  # an empty slot of the query code reads no list
-        return QueryBatch(SparseCodes(support.indices, terms, encoder.h), dense=projected, offset=offset)
+        projected, offset, support = encoder.project(xq, query_k)
+        empty = support < 0  # a slot ReLU empties reads no posting list
+        support[empty] = 0
+        terms = np.take_along_axis(projected, support, axis=1)
+        terms[empty] = 0.0
+        return QueryBatch(SparseCodes(support.astype(np.int32), terms, encoder.h), dense=projected, offset=offset)
 
     def doc_scale(self, encoder, segment):
         return _inverse(segment.norms) if encoder.metric == "cosine" else None
