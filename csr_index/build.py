@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,15 +20,24 @@ __all__ = ["build_from_file"]
 log = logging.getLogger(__name__)
 
 
-def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 65_536,
-                    progress: bool = False) -> dict[str, float]:
+def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 65_536, progress: bool = False,
+                    on_phase: Callable[[str], None] | None = None) -> dict[str, float]:
     """Train ``index`` on a random sample of at most ``config.max_train`` rows of ``source``, then
     encode and add every row, one batch of ``batch_rows`` at a time, and merge the segments.
 
     Integer ids in the file become the index's ids, string ids its keys. Memory holds the
-    sample, one batch and the index itself, never the whole file. Returns seconds per phase.
+    sample, one batch and the index itself, never the whole file. Returns seconds per phase
+    (train, add, compact); ``on_phase(name)`` is called as each one ends.
     """
-    seconds = {}
+    seconds: dict[str, float] = {}
+
+    def done(name: str, start: float) -> float:
+        seconds[name] = time.perf_counter() - start
+        log.info("%s: %.1f s", name, seconds[name])
+        if on_phase is not None:
+            on_phase(name)
+        return time.perf_counter()
+
     start = time.perf_counter()
     n, cap = source.num_rows, index.config.max_train
     rng = np.random.default_rng(index.config.seed)
@@ -35,8 +45,7 @@ def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 
     if len(rows) < n:
         log.info("training on a random sample of %d of the %d vectors (max_train)", len(rows), n)
     index.train(source.rows(rows, batch_rows))
-    seconds["train"] = time.perf_counter() - start
-    start = time.perf_counter()
+    start = done("train", start)
     with progress_bar(total=n, show=progress, desc="encoding and adding", unit="vec") as bar:
         for batch in source.batches(batch_rows):
             if batch.ids is not None:
@@ -44,8 +53,7 @@ def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 
             else:
                 index.add(batch.vectors, keys=batch.keys)
             bar.update(len(batch.vectors))
-    seconds["add"] = time.perf_counter() - start
-    start = time.perf_counter()
+    start = done("add", start)
     index.compact()
-    seconds["compact"] = time.perf_counter() - start
+    done("compact", start)
     return seconds
