@@ -178,22 +178,33 @@ def csr_index_for(size: str, xb: np.ndarray, args) -> CSRIndex:
 
 # (label, engine, engine options, search keyword arguments); the first row is the library default
 CSR_SETTINGS: list[tuple[str, str, dict, dict]] = [
-    ("default search (pruned shortlist, query_k=k, 1000 candidates, rerank 100)", "auto", {}, {}),
-    *[(f"pruned query_k={qk} cand={c} + rerank {r}", "pruned", {"candidates": c}, {"query_k": qk, "rerank": r})
-      for qk, c, r in [(8, 500, 100), (8, 1000, 100), (8, 2000, 200), (12, 1000, 100), (16, 500, 100),
-                       (16, 1000, 100), (16, 2000, 200), (32, 2000, 200)]],
-    ("pruned query_k=16 cand=1000, no rerank", "pruned", {"candidates": 1000}, {"query_k": 16, "rerank": 0}),
+    ("default search (pruned: query_cut=16, 1000 candidates; rerank 100)", "auto", {}, {}),
+    *[(f"pruned query_cut={qc} cand={c}{f' list_cut={lc}' if lc else ''} + rerank {r}", "pruned",
+       {"query_cut": qc, "candidates": c, "list_cut": lc}, {"rerank": r})
+      for qc, c, lc, r in [(8, 500, None, 100), (8, 1000, None, 100), (8, 2000, None, 200), (12, 1000, None, 100),
+                           (16, 500, None, 100), (16, 2000, None, 200), (32, 1000, None, 100), (32, 2000, None, 200),
+                           (16, 1000, 2000, 100), (16, 1000, 5000, 100)]],
+    ("pruned query_cut=16 cand=1000, no rerank", "pruned", {"query_cut": 16, "candidates": 1000}, {"rerank": 0}),
     ("exact asymmetric (forward scan) + rerank 100", "inverted", {}, {"rerank": 100}),
     ("exact code query_k=32 (inverted) + rerank 100", "inverted", {}, {"score": "code", "rerank": 100}),
     ("torch CSR (CPU tensors), code + rerank 100", "torch", {"device": "cpu"}, {"score": "code", "rerank": 100}),
 ]
 
 
-def postings_read(index: CSRIndex, xq: np.ndarray, query_k: int) -> float:
-    """Mean number of postings a query's shortlist reads, over N: the lengths of its query_k latents' lists."""
+def postings_read(index: CSRIndex, xq: np.ndarray, query_cut: int | None, list_cut: int | None) -> float:
+    """Mean postings a query's shortlist reads, over N: the lengths (capped at ``list_cut``) of the
+    lists of its ``query_cut`` largest terms, as the pruned engine orders them."""
+    from csr_index.scoring import SCORES
+
     lengths = np.bincount(index.codes().indices[index.codes().values > 0].astype(np.int64), minlength=index.h)
-    support = index.encoder.project(index.prepare(xq), query_k)[2]
-    return float(np.mean([lengths[s[s >= 0]].sum() for s in support]) / index.ntotal)
+    if list_cut is not None:
+        lengths = np.minimum(lengths, list_cut)
+    terms = SCORES["asymmetric"].queries(index.encoder, index.prepare(xq), index.k).terms
+    total = 0
+    for lat, val in zip(terms.indices, terms.values):
+        order = np.argsort(-np.abs(val), kind="stable")[: query_cut or index.k]
+        total += lengths[lat[order][val[order] != 0]].sum()
+    return float(total / len(xq) / index.ntotal)
 
 
 def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args) -> list[Row]:
@@ -208,8 +219,11 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
             continue  # minutes per setting at 1M on CPU; the torch engine is for GPUs
         index.set_engine(engine, **options)
         index.search(xq[:2], TOPK, **kwargs)  # builds the engine (posting lists)
-        qk = kwargs.get("query_k", index.k)
-        reads = postings_read(index, xq, qk) if not scans else 1.0
+        if engine in ("auto", "pruned"):
+            opts = index._store.snapshot.segments[0].engine(index._engine_spec).options()
+            reads = postings_read(index, xq, opts["query_cut"], opts["list_cut"])
+        else:
+            reads = float("nan") if scans else postings_read(index, xq, None, None)
         nbytes = stats["memory_bytes_per_vector"] if kwargs.get("rerank", 1) else stats_nv
         rows.append(Row(size, "CSR " + label, "CSR " + engine, train_s, nbytes,
                         *measure(lambda q, kw=kwargs: index.search(q, TOPK, **kw)[1], xq, truth,

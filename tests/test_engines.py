@@ -28,7 +28,7 @@ EXACT = [
     ("scipy", {}),
     ("inverted", {}),
     ("inverted", {"threads": 1}),
-    ("pruned", {"list_cut": None, "candidates": None}),
+    ("pruned", {"query_cut": None, "list_cut": None, "candidates": None}),
     ("torch", {"device": "cpu"}),
 ]
 # ... and on queries with a dense part (a shortlist engine only reaches docs sharing a term)
@@ -201,7 +201,7 @@ def test_float16_values_are_exact_for_float16_codes(queries):
     assert engine.postings.vals.dtype == np.uint16
     D, rows = engine.search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
-    D, rows = make_engine("pruned", docs, values="float16", candidates=None).search(sparse(queries), 10)
+    D, rows = make_engine("pruned", docs, values="float16", query_cut=None, candidates=None).search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
 
 
@@ -283,8 +283,8 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
         rows = make_engine("pruned", docs, **opts).search(sparse(q), 10)[1]
         return float(np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)]))
 
-    tight = recall(list_cut=20, candidates=10)
-    loose = recall(list_cut=2000, candidates=500)
+    tight = recall(query_cut=1, list_cut=20, candidates=10)
+    loose = recall(query_cut=None, list_cut=2000, candidates=500)
     assert tight < loose and loose >= 0.95
 
 
@@ -293,7 +293,7 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     q = np.random.default_rng(9).standard_normal((10, H)).astype(np.float32)
     ref = reference(q, docs, scale)
     batch = dense(q, terms=H)  # every positive coordinate is a term
-    D, rows = make_engine("pruned", docs, candidates=None).search(batch, 10, scale)
+    D, rows = make_engine("pruned", docs, query_cut=None, candidates=None).search(batch, 10, scale)
     # the shortlist holds every doc sharing a positive term, each scored exactly with the dense query
     reachable = (q > 0).astype(float) @ (docs.to_dense() != 0).T.astype(float) > 0
     assert_matches(D, rows, np.where(reachable, ref, -np.inf), 10)
@@ -302,7 +302,7 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     np.testing.assert_allclose(D[rows >= 0], found[rows >= 0], rtol=1e-4, atol=1e-4)  # exact scores
 
 
-@pytest.mark.parametrize("bad", [{"candidates": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
+@pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
 def test_pruned_rejects_bad_options(docs, bad):
     with pytest.raises((ValueError, TypeError)):
         PrunedEngine(docs, **bad)

@@ -124,11 +124,11 @@ def _offer(hv, hi, size, v, i):
 
 
 @njit(cache=True)
-def _accumulate(q, qptr, qlat, qval, limit, indptr, docs, vals, lut, acc, mark, touched):
-    """Term at a time: add each query term's products over at most ``limit`` entries of
-    its posting list; returns the number of docs touched (listed in ``touched``)."""
+def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched):
+    """Term at a time: add the first ``cut`` query terms' products over at most ``limit``
+    entries of each posting list; returns the number of docs touched (listed in ``touched``)."""
     nt = 0
-    for p in range(qptr[q], qptr[q + 1]):
+    for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
         lat = qlat[p]
         w = qval[p]
         start = indptr[lat]
@@ -174,7 +174,7 @@ def _postings_chunk(q0, q1, qptr, qlat, qval, indptr, docs, vals, lut, n, offset
     hi = np.empty(topn, dtype=np.int64)
     for q in range(q0, q1):
         off = _query_offset(offset, q)
-        nt = _accumulate(q, qptr, qlat, qval, n, indptr, docs, vals, lut, acc, mark, touched)
+        nt = _accumulate(q, qptr, qlat, qval, qptr[q + 1] - qptr[q], n, indptr, docs, vals, lut, acc, mark, touched)
         size = _drain(nt, touched, acc, mark, off, scale, skip, hv, hi)
         _emit(hv, hi, size, out_d[q], out_i[q])
 
@@ -268,7 +268,7 @@ def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, sk
 
 
 @njit(cache=True)
-def _pruned_chunk(q0, q1, qptr, qlat, qval, dense, limit, candidates,
+def _pruned_chunk(q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
                   indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i):
     acc = np.zeros(n, dtype=np.float32)
     mark = np.zeros(n, dtype=np.uint8)
@@ -283,7 +283,7 @@ def _pruned_chunk(q0, q1, qptr, qlat, qval, dense, limit, candidates,
     for q in range(q0, q1):
         off = _query_offset(offset, q)
         # 1. shortlist: partial scores of the query terms over (pruned) posting lists
-        nt = _accumulate(q, qptr, qlat, qval, limit, indptr, docs, vals, lut, acc, mark, touched)
+        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
         csize = _drain(nt, touched, acc, mark, off, scale, skip, cv, ci)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
@@ -306,22 +306,22 @@ def _pruned_chunk(q0, q1, qptr, qlat, qval, dense, limit, candidates,
 
 
 @njit(cache=True, parallel=True)
-def _pruned_parallel(nchunks, qptr, qlat, qval, dense, limit, candidates,
+def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
-        _pruned_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, limit, candidates,
+        _pruned_chunk(c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
                       indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, out_d, out_i)
 
 
-def pruned_topn(threads: int, qptr, qlat, qval, dense, limit: int, candidates: int,
+def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, limit: int, candidates: int,
                 indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, out_d, out_i) -> None:
-    """Shortlist ``candidates`` docs by the partial score of the query terms over the first
-    ``limit`` entries of each posting list, then return the top-n of the shortlist by exact
+    """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
+    over the first ``limit`` entries of each posting list, then return the top-n of the shortlist by exact
     score: the whole sparse query (``qptr``/``qlat``/``qval``), or the dense query ``dense``
     (nq, h) when it is not empty, against the forward index."""
     nq = len(qptr) - 1
-    args = (qptr, qlat, qval, dense, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+    args = (qptr, qlat, qval, dense, cut, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
             offset, scale, skip, out_d, out_i)
     if min(threads, nq) <= 1:
         _pruned_chunk(0, nq, *args)

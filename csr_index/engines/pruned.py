@@ -16,16 +16,16 @@ __all__ = ["PrunedEngine"]
 class PrunedEngine(InvertedIndexEngine):
     """Fast approximate search in two stages, as Seismic does for learned sparse vectors.
 
-    1. Shortlist: the posting lists of the query's terms (its ``query_k`` latents, see
-       :meth:`CSRIndex.search`) are read, each up to its ``list_cut`` strongest entries
-       (lists are sorted by decreasing value: static pruning), and the ``candidates``
-       best docs by that partial score are kept.
+    1. Shortlist: the posting lists of the query's ``query_cut`` largest terms (of the
+       ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are read, each up to
+       its ``list_cut`` strongest entries (lists are sorted by decreasing value: static
+       pruning), and the ``candidates`` best docs by that partial score are kept.
     2. The shortlist is scored exactly with the whole query (the dense projection in
        asymmetric scoring, all the terms in code scoring) against the forward index
        (k look-ups per doc), and the top-n is returned.
 
-    Returned scores are exact; recall depends on the terms and the two knobs and is
-    measured in ``benchmarks/speed.py``. With both knobs ``None`` and no dense part the
+    Returned scores are exact; recall depends on the terms and the three knobs and is
+    measured in ``benchmarks/speed.py``. With every knob ``None`` and no dense part the
     engine is exact; with a dense part only docs sharing a latent with the terms are found.
     """
 
@@ -36,17 +36,20 @@ class PrunedEngine(InvertedIndexEngine):
     def __init__(
         self,
         codes: SparseCodes,
+        query_cut: int | None = 16,
         candidates: int | None = 1000,
         list_cut: int | None = None,
         threads: int | None = None,
         values: str = "float32",
     ) -> None:
+        self.query_cut = check_positive(query_cut, "query_cut", allow_none=True)
         self.candidates = check_positive(candidates, "candidates", allow_none=True)
         self.list_cut = check_positive(list_cut, "list_cut", allow_none=True)
         super().__init__(codes, threads=threads, values=values)
 
     def options(self) -> dict:
-        return {"candidates": self.candidates, "list_cut": self.list_cut, **super().options()}
+        return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,
+                **super().options()}
 
     def _search(self, queries, topn, scale, skip):
         out_d, out_i = empty_result(queries.n, topn)
@@ -54,9 +57,10 @@ class PrunedEngine(InvertedIndexEngine):
         qptr, qlat, qval = sparse_query_arrays(queries.terms)
         dense = (np.empty((0, self.h), np.float32) if queries.dense is None
                  else np.ascontiguousarray(queries.dense, dtype=np.float32))
+        cut = self.h if self.query_cut is None else min(self.query_cut, self.h)
         limit = self.n if self.list_cut is None else min(self.list_cut, self.n)
         shortlist = self.n if self.candidates is None else min(self.n, max(self.candidates, topn))
         p, f = self.postings, self.forward
-        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, limit, shortlist, p.indptr, p.docs, p.vals,
+        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, limit, shortlist, p.indptr, p.docs, p.vals,
                             f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, out_d, out_i)
         return out_d, out_i
