@@ -2,9 +2,11 @@
 
     python benchmarks/adaptive.py [--ks 4,8,16,32,64] [--plot docs/adaptive.png]
 
-For every budget k' it prints NDCG@10 (code x code, asymmetric, asymmetric + exact
-re-rank of the top 100) and the median single-query time (one thread, exact inverted
-engine) of:
+For every budget k' it prints NDCG@10 and the median single-query time (one thread) of three
+searches with k' query latents: code x code (the query's k'-code, exact inverted engine),
+asymmetric (the posting lists of the query's k' latents, every doc found there scored with the
+whole projection: pruned engine without candidate cap), and that shortlist + exact re-rank of
+the top 100, for:
 - dedicated: a model trained for k' with the library defaults (the paper's recipe: one model
   per budget; the defaults include prefixes k'/4, k'/2);
 - nested: ONE model trained at k=32 with Matryoshka prefixes (--nested, default 8,16) -- queries cut
@@ -21,9 +23,8 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
-from common import ROOT, load_scifact, save_figure, scifact_index, subplots
+from common import ROOT, THREADS, load_scifact, pin_threads, save_figure, scifact_index, subplots
 from csr_index import CSRIndex
 from csr_index.evaluation import evaluate_run
 
@@ -33,22 +34,28 @@ TRAINED_K = 32
 MODES = ("code", "asymmetric", "rerank")
 
 
+def _search(index: CSRIndex, xq: np.ndarray, topn: int, kq: int, mode: str):
+    if mode == "code":
+        index.set_engine("inverted", threads=1)
+        return index.search(xq, topn, query_k=kq, score="code", rerank=0)
+    index.set_engine("pruned", query_cut=None, candidates=None, threads=1)
+    return index.search(xq, topn, query_k=kq, rerank=100 if mode == "rerank" else 0)
+
+
 def measure(index: CSRIndex, kq: int, data) -> dict[str, float]:
     """NDCG@10 per mode and median single-query milliseconds (code and asymmetric)."""
     _, doc_keys, xq, query_keys, qrels = data
     out: dict[str, float] = {}
     for mode in MODES:
-        score, rerank = ("asymmetric", 100) if mode == "rerank" else (mode, 0)
-        D, I = index.search(xq, DEPTH, k=kq, score=score, rerank=rerank)
+        D, I = _search(index, xq, DEPTH, kq, mode)
         keys = np.where(I >= 0, doc_keys[np.maximum(I, 0)], None)
         out[mode] = evaluate_run(qrels, query_keys, D, keys)["nDCG@10"]
-    index.set_engine("inverted", threads=1)
     for mode in ("code", "asymmetric"):
-        index.search(xq[:5], 10, k=kq, score=mode, rerank=0)  # warm-up (numba compile, engine build)
+        _search(index, xq[:5], 10, kq, mode)  # warm-up (numba, engine build)
         times = []
         for q in xq:
             start = time.perf_counter()
-            index.search(q[None], 10, k=kq, score=mode, rerank=0)
+            _search(index, q[None], 10, kq, mode)
             times.append(time.perf_counter() - start)
         out[f"{mode}_ms"] = 1000 * float(np.median(times))
     index.set_engine("auto")
@@ -71,10 +78,8 @@ def main() -> None:
     parser.add_argument("--plot", default=str(ROOT / "docs" / "adaptive.png"))
     parser.add_argument("--nested", default=",".join(map(str, NESTED)), help="prefix budgets of the nested model")
     parser.add_argument("--nested-weight", type=float, default=None, help="CSRConfig.nested_weight (default: 1/len)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(THREADS)
     ks = sorted(int(v) for v in args.ks.split(","))
     data = load_scifact()
     xb = data[0]

@@ -10,13 +10,12 @@ asymmetric scoring, NDCG@10). Prints the curve and the final difference.
 from __future__ import annotations
 
 import argparse
-import copy
 
 import numpy as np
 import torch
 
-from common import ROOT, load_scifact, save_figure, scifact_index, subplots
-from csr_index import CSRConfig, CSRIndex
+from common import ROOT, THREADS, load_scifact, pin_threads, save_figure, scifact_index, subplots
+from csr_index import CSRConfig, CSREncoder, CSRIndex
 from csr_index.evaluation import evaluate_run
 
 DEPTH = 100
@@ -39,10 +38,8 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=5)
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--plot", default=str(ROOT / "docs" / "stability.png"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    pin_threads(THREADS)
     xb, doc_keys, xq, query_keys, qrels = load_scifact()
     d = xb.shape[1]
     base_steps = CSRConfig().train_steps(len(xb))
@@ -56,9 +53,9 @@ def main() -> None:
     long_index = CSRIndex(d, config=CSRConfig(steps=long_steps))
 
     def checkpoint(step: int, adapter) -> None:
-        probe = CSRIndex(d, config=long_index.config)
-        probe.adapter = copy.deepcopy(adapter).eval()
-        if probe.config.idf_weights:  # as CSRIndex.train does after its last step
+        state = {name: t.detach().cpu().numpy().copy() for name, t in adapter.state_dict().items()}
+        probe = CSRIndex.from_encoder(CSREncoder.from_state(long_index.encoder.meta(), state))
+        if probe.config.idf_weights:  # as CSREncoder.fit does after its last step
             codes = probe.encode(xb)
             probe.adapter.set_latent_weights(torch.from_numpy(codes.indices.astype(np.int64)),
                                              torch.from_numpy(codes.values), len(xb))
