@@ -117,7 +117,7 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
               help="Parquet SOURCE: integer ids become point ids; string ids (or none) -> row numbers, the string "
                    "stored in the payload field --key-field.")
 @click.option("--key-field", default="key", show_default=True, help="Payload field for string ids / index keys.")
-@click.option("--read-batch-size", default=8192, show_default=True, help="Parquet rows encoded per batch.")
+@click.option("--read-batch-size", default=4096, show_default=True, help="Parquet rows encoded per batch.")
 @click.option("--k-doc", type=int, default=None, help="Latents per stored code (Parquet SOURCE; default k).")
 @click.option("--payload", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Index SOURCE: Parquet file whose columns become point payloads (e.g. the corpus: id, text).")

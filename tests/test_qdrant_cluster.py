@@ -362,3 +362,49 @@ def test_cli_stream_export_and_adapter_only_search(encoder, scifact, qvecs, tmp_
     assert_same(D, I, Dref, Iref)
     result = runner.invoke(export_qdrant, [str(path), "--edge", str(tmp_path / "e2"), "--quiet"])
     assert result.exit_code == 2 and "--adapter" in result.output
+
+
+# ----------------------------------------------------------- remote requests
+class Recorder:
+    """A local-mode client that records what a remote one would be sent."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def record(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return attr(*args, **kwargs)
+
+        return record
+
+
+@pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning")
+def test_requests_encode_for_rest_and_grpc(encoder, scifact, qvecs, tmp_path):
+    """What local mode is given is what a remote client sends: the same models, and they encode as
+    REST JSON and as gRPC messages (no server runs here; this is as far as the check goes)."""
+    from qdrant_client import models
+    from qdrant_client.conversions.conversion import RestToGrpc
+
+    path = small_parquet(scifact, tmp_path / "r.parquet", 60)
+    client = Recorder(QdrantClient(":memory:"))
+    cq.export_parquet(encoder, path, client, "docs", dense=True, sparse_datatype="float16", quantization="int8")
+    cq.search(encoder, client, "docs", qvecs[:3], 5, rerank=20, quantization_rescore=True, oversampling=2.0)
+    cq.search(encoder, client, "docs", qvecs[:3], 5, rerank=20, hybrid=True)
+    create = next(kw for name, _, kw in client.calls if name == "create_collection")
+    RestToGrpc.convert_vector_params(create["vectors_config"]["dense"])
+    RestToGrpc.convert_sparse_vector_params(create["sparse_vectors_config"]["csr"])
+    requests = [r for name, _, kw in client.calls if name == "query_batch_points" for r in kw["requests"]]
+    assert len(requests) == 6 and all(r.prefetch is not None and r.using == "dense" for r in requests)
+    assert requests[0].params.quantization.oversampling == 2.0 and requests[0].prefetch.limit == 20
+    for req in requests:
+        assert models.QueryRequest.model_validate_json(req.model_dump_json()) == req
+        RestToGrpc.convert_query_request(req, "docs")
+    upserts = [kw["points"] for name, _, kw in client.calls if name == "upsert"]
+    for point in upserts[0][:3]:
+        assert models.PointStruct.model_validate_json(point.model_dump_json()) == point
+        RestToGrpc.convert_point_struct(point)

@@ -29,6 +29,8 @@ __all__ = ["export_parquet"]
 
 log = logging.getLogger(__name__)
 
+READ_BUFFER = 1 << 20
+
 
 def _files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The Parquet files of ``source``: one file, a directory (its ``*.parquet``, sorted), or a list."""
@@ -135,7 +137,7 @@ def export_parquet(
     dense_datatype: str | None = None,
     quantization: str | None = None,
     dense_on_disk: bool | None = None,
-    read_batch_size: int = 8192,
+    read_batch_size: int = 4096,
     batch_size: int = 256,
     parallel: int = 1,
     shard_number: int | None = None,
@@ -216,7 +218,10 @@ def export_parquet(
     last_id = -1
     with tqdm(total=total, disable=not progress, unit="pt", desc=f"export to {where}") as bar:
         for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=read_batch_size, columns=read_cols):
+            # buffered page reads instead of pre-buffering whole column chunks: a file written as one
+            # row group is not loaded at once (pypi-100k: 96 instead of 163 MB to read it)
+            reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
+            for batch in reader.iter_batches(batch_size=read_batch_size, columns=read_cols):
                 n = batch.num_rows
                 if kind == "int":
                     id_col = batch.column(id_column)
