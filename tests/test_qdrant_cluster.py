@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +153,20 @@ def test_int_ids_payload_and_resume(encoder, scifact, tmp_path):
         assert record.payload == {"text": scifact.table.column("text")[9].as_py()}  # int ids are not payload
         again = cq.export_parquet(encoder, path, shard, read_batch_size=100, batch_size=64)
         assert (again.uploaded, again.skipped, again.points_count) == (0, 600, 600)
+
+
+def test_directory_of_files_numbers_rows_across_files(encoder, scifact, tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    table = pq.read_table(small_parquet(scifact, tmp_path / "all.parquet", 300))
+    pq.write_table(table.slice(0, 120), folder / "part-0.parquet")
+    pq.write_table(table.slice(120), folder / "part-1.parquet")
+    with cq.EdgeCollection(tmp_path / "shard") as shard:
+        report = cq.export_parquet(encoder, folder, shard, payload_columns=[], read_batch_size=50)
+        assert (report.total, report.points_count) == (300, 300)
+        assert cq.fetch_payload(shard, None, [[0, 119, 120, 299, -1]]).tolist() == [
+            [scifact.keys[0], scifact.keys[119], scifact.keys[120], scifact.keys[299], None]]
+        assert shard.shard.retrieve([7], True, False)[0].payload == {"key": scifact.keys[7]}
 
 
 # ------------------------------------------------------------------- layout

@@ -13,8 +13,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from csr_index.validation import check_positive
 
 from ._deps import qdrant_edge

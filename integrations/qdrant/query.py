@@ -127,7 +127,7 @@ def search(
     if candidates < shortlist:
         raise ValueError(f"candidates={candidates} is below the shortlist max(topk, rerank)={shortlist}")
     if server and candidates != rerank:
-        log.debug("server re-rank of the top %d candidates (rerank=%d ignored)", candidates, rerank)
+        log.debug("the server re-ranks all %d candidates (rerank=%d)", candidates, rerank)
     if check:
         target.check_layout(idf=None, dense_size=encoder.d if hybrid or server else None)
         check_search_metadata(target.read_metadata(), encoder, where, vector_name)

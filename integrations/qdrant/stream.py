@@ -215,7 +215,6 @@ def export_parquet(
 
     uploaded = skipped = 0
     row0 = 0
-    last_id = -1
     with tqdm(total=total, disable=not progress, unit="pt", desc=f"export to {where}") as bar:
         for path in files:
             # buffered page reads instead of pre-buffering whole column chunks: a file written as one
@@ -230,10 +229,6 @@ def export_parquet(
                     ids = _check_point_ids(id_col.to_numpy(zero_copy_only=False), n)
                 else:
                     ids = np.arange(row0, row0 + n, dtype=np.int64)
-                increasing = bool(ids[0] > last_id and (np.diff(ids) > 0).all()) if n else True
-                if not increasing and last_id >= 0:
-                    log.debug("ids of rows %d.. are not increasing: duplicates across batches are not detected", row0)
-                last_id = int(ids[-1]) if n else last_id
                 xs = encoder.prepare(_vectors(batch.column(column), column, encoder.d, row0), f"rows {row0}..")
                 table = check_payload_table(pa.Table.from_batches([batch]).select(payload_cols))
                 if kind == "key" and keys_field is not None:

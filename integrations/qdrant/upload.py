@@ -16,11 +16,10 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from csr_index.codes import SparseCodes
-from csr_index.validation import check_positive
 
 from .layout import Storage
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, index_metadata
-from .sending import ExportReport, QdrantExportError, check_upload_options, retrying, run_all
+from .sending import ExportReport, QdrantExportError, check_upload_options, retrying, run_all  # noqa: F401
 from .payload import check_payload_dicts, check_payload_table, is_dict_sequence, payload_batch, payload_table
 from .targets import Target, open_target
 from .validation import check_dense, check_name, index_of, sparse_rows, validate_codes
