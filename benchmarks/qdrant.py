@@ -1,10 +1,15 @@
-"""Upload rate and query latency: qdrant-edge (Qdrant's engine in-process) vs CSRIndex's own engine.
+"""Qdrant benchmarks, three of them:
 
-Both serve the same codes of the same index, in the same process and run:
+    python benchmarks/qdrant.py scifact    # NDCG@10 through Qdrant: code only, server-side re-rank (adapter
+                                           # only), local exact re-rank, sparse datatypes, dense quantization
+    python benchmarks/qdrant.py stream     # streaming export of pypi-100k: rate and peak RSS growth
+    python benchmarks/qdrant.py engines    # upload rate and latency: qdrant-edge vs CSRIndex's own engine
 
-    python benchmarks/qdrant.py                      # pypi-100k, 100k docs, 1000 queries
-    python benchmarks/qdrant.py --limit 10000 --nq 300 --steps 100   # a quick check
-    python benchmarks/qdrant.py --index pypi.csr     # reuse a saved index (no training)
+``engines`` serves the same codes of the same index from both, in the same process and run:
+
+    python benchmarks/qdrant.py engines                      # pypi-100k, 100k docs, 1000 queries
+    python benchmarks/qdrant.py engines --limit 10000 --nq 300 --steps 100   # a quick check
+    python benchmarks/qdrant.py engines --index pypi.csr     # reuse a saved index (no training)
 
 Measured (wall clock, one process; see --threads):
 * ingest: CSRIndex.add (encode + store) vs encode + export to a qdrant-edge shard on
@@ -62,8 +67,7 @@ def same_top(I: np.ndarray, Iref: np.ndarray) -> float:
     return float(np.mean([set(a[a >= 0]) == set(b[b >= 0]) for a, b in zip(I, Iref)]))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def engines_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--corpus", type=Path, default=DATA / "corpus.parquet")
     ap.add_argument("--queries", type=Path, default=DATA / "queries.parquet")
     ap.add_argument("--limit", type=int, default=None, help="Use the first N corpus rows (default: all).")
@@ -75,7 +79,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024, help="Points per qdrant-edge upsert.")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     ap.add_argument("--workdir", type=Path, default=None, help="Where the shard goes (default: a temp dir).")
-    args = ap.parse_args()
+
+
+def engines(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -155,6 +161,257 @@ def main() -> None:
     print(f"|{'-' * (w + 2)}|{'-' * 24}|{'-' * 24}|")
     for name, a, b in rows:
         print(f"| {name:{w}s} | {a:>22s} | {b:>22s} |")
+
+
+# ======================================================================= SciFact quality
+def scifact_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--rerank", type=int, default=100, help="Candidates re-ranked (R).")
+    ap.add_argument("--topk", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=None, help="Where the shards go (default: a temp dir).")
+
+
+def _bytes_under(path: Path, pattern: str = "*") -> int:
+    """Disk blocks really used by the files under ``path`` matching ``pattern`` (sparse files count as used)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob(pattern) if f.is_file())
+
+
+def scifact(args: argparse.Namespace) -> None:
+    """NDCG@10 on SciFact through qdrant-edge with the library-default k=32 adapter (common.scifact_index)."""
+    from common import load_scifact, scifact_index
+    from csr_index.evaluation import evaluate_run
+
+    xb, doc_keys, xq, query_keys, qrels = load_scifact()
+    index = scifact_index(32)  # trained with the defaults on the corpus (cached in runs/bench-cache)
+    encoder = index.encoder  # what a client at scale holds
+    R, topk = args.rerank, args.topk
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="csr-qdrant-scifact-"))
+    shutil.rmtree(work, ignore_errors=True)
+    corpus = DATA.parent / "scifact" / "corpus.parquet"
+    rows: list[tuple[str, str, float, str]] = []
+    dense_q = encoder.prepare(xq)
+    dense = encoder.prepare(xb) @ dense_q.T
+    order = np.argsort(-dense, axis=0)[:topk].T
+    dense_ndcg = evaluate_run(qrels, query_keys, np.take_along_axis(dense.T, order, 1), doc_keys[order])["nDCG@10"]
+
+    def ndcg(I: np.ndarray, D: np.ndarray) -> float:
+        keys = np.where(I >= 0, doc_keys[np.maximum(I, 0)], None)  # export_parquet ids = row numbers
+        return evaluate_run(qrels, query_keys, D, keys)["nDCG@10"]
+
+    def add(name: str, storage: str, D: np.ndarray, I: np.ndarray, seconds: float, note: str = "") -> None:
+        value = ndcg(I, D)
+        rows.append((name, storage, value, f"{1e3 * seconds / len(xq):.2f}", note))
+        print(f"{name:58s} nDCG@10 {value:.4f} ({100 * value / dense_ndcg:.1f} %)", file=sys.stderr, flush=True)
+
+    def shard(name: str, **options):
+        """A shard streamed from the corpus Parquet by the adapter alone; indexed (optimizer run with a
+        1 KB threshold) so that datatypes and quantization are in force, as in a large collection."""
+        edge = cq.EdgeCollection.for_index(work / name, encoder, dense=True, indexing_threshold=1, **options)
+        cq.export_parquet(encoder, corpus, edge, dense=True, **options)
+        edge.optimize()
+        return edge
+
+    def timed_search(target, model, **kw):
+        cq.search(model, target, None, xq[:5], topk, **kw)  # warm-up
+        t = time.perf_counter()
+        out = cq.search(model, target, None, xq, topk, **kw)
+        return out, time.perf_counter() - t
+
+    rows.append(("dense exact (numpy, float32)", "-", dense_ndcg, "-", ""))
+    base = shard("f32")
+    (D, I), t = timed_search(base, encoder, rerank=0)
+    add("code x code (Qdrant sparse search)", "sparse f32", D, I, t)
+    D32 = D
+    (D, I), t = timed_search(base, encoder, rerank=R)
+    add(f"server-side re-rank R={R}, adapter only", "sparse f32 + dense f32", D, I, t)
+    Ds, Is = D, I
+    (D, I), t = timed_search(base, index, rerank=R, rerank_on="local")
+    add(f"local exact re-rank R={R} (CSRIndex.rescore, fp16 originals)", "sparse f32 (+ local)", D, I, t)
+    same = float(np.mean([set(a) == set(b) for a, b in zip(I, Is)]))
+    rows[-1] = rows[-1][:4] + (f"top-{topk} ids = server's for {same:.1%} of queries",)
+    (D, I), t = timed_search(base, encoder, rerank=R, hybrid=True)
+    add(f"hybrid RRF candidates, server re-rank R={R}", "sparse f32 + dense f32", D, I, t)
+    base.close()
+    for dt in ("float16", "uint8"):
+        edge = shard(f"sparse-{dt}", sparse_datatype=dt)
+        (D, I), t = timed_search(edge, encoder, rerank=0)
+        add(f"code x code, sparse {dt}", f"sparse {dt}", D, I, t,
+            f"scores differ from float32 by up to {np.abs(D - D32).max():.1e} (in force)")
+        (D, I), t = timed_search(edge, encoder, rerank=R)
+        add(f"server-side re-rank R={R}, sparse {dt}", f"sparse {dt} + dense f32", D, I, t)
+        edge.close()
+    for label, options in (("dense float16", {"dense_datatype": "float16"}),
+                           ("int8 quantized dense", {"quantization": "int8"}),
+                           ("binary quantized dense", {"quantization": "binary"})):
+        edge = shard(label.replace(" ", "-"), **options)
+        dense_bytes = _bytes_under(work / label.replace(" ", "-") / "segments", "vector_storage-dense/*")
+        quant_bytes = _bytes_under(work / label.replace(" ", "-") / "segments", "vector_storage-dense/quantized*")
+        storage = f"{label}: {(dense_bytes - quant_bytes) / len(xb):,.0f} B/doc originals, " \
+                  f"{quant_bytes / len(xb):,.0f} B/doc quantized"
+        searches = [("", {})] if "quant" not in label else [
+            ("no rescore (Qdrant's default)", {}),
+            ("rescore, oversampling 1", {"quantization_rescore": True}),
+            (f"rescore, oversampling {R // topk}", {"quantization_rescore": True, "oversampling": R / topk})]
+        for note, kw in searches:
+            (D, I), t = timed_search(edge, encoder, rerank=R, **kw)
+            add(f"server-side re-rank R={R}, {label}" + (f", {note}" if note else ""), storage, D, I, t)
+        edge.close()
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nSciFact, {len(xb):,} docs, {len(xq)} queries; adapter k={encoder.k}, h={encoder.h}; qdrant-edge "
+          f"{cq.EDGE_VERSION}; ms/query = 300 queries in one call, one process")
+    print("| method | storage | NDCG@10 | % of dense | ms/query | note |")
+    print("|---|---|---:|---:|---:|---|")
+    for name, storage, value, ms, note in rows:
+        print(f"| {name} | {storage} | {value:.4f} | {100 * value / dense_ndcg:.1f} % | {ms} | {note} |")
+
+
+# ================================================================= streaming export: rate and memory
+def stream_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--corpus", type=Path, default=DATA / "corpus.parquet")
+    ap.add_argument("--sample", type=int, default=20000, help="Rows the adapter is trained on.")
+    ap.add_argument("--steps", type=int, default=300, help="Adapter training steps (quality is not measured).")
+    ap.add_argument("--read-batch-size", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=256, help="Points per upload request.")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in every measured process.")
+    ap.add_argument("--subset", type=int, default=25000, help="Also stream the first N rows (peak vs size).")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where the shards go (default: a temp dir).")
+
+
+class NullClient:
+    """A stand-in QdrantClient that keeps only a count: the export's own memory, with no engine in-process."""
+
+    init_options: dict = {}
+
+    def __init__(self) -> None:
+        self.points, self.exists = 0, False
+
+    def query_batch_points(self, *a, **k):  # pragma: no cover - never searched
+        raise NotImplementedError
+
+    def collection_exists(self, name):
+        return self.exists
+
+    def create_collection(self, name, **kwargs):
+        self.exists = True
+
+    def count(self, name, exact=True):
+        return type("Count", (), {"count": self.points})()
+
+    def retrieve(self, *a, **k):
+        return []
+
+    def upsert(self, name, points, wait=True):
+        self.points += len(points)
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def stream_child(args: argparse.Namespace) -> None:
+    """One measured export in a fresh process; prints a JSON line (rate, RSS growth over the loaded adapter)."""
+    import json
+
+    from csr_index import CSREncoder
+
+    spec = json.loads(args.spec)
+    torch.set_num_threads(spec["threads"])
+    encoder = CSREncoder.load(spec["adapter"])
+    encoder.encode(np.random.default_rng(0).standard_normal((256, encoder.d)).astype(np.float32))  # torch warm-up
+    import pyarrow.parquet  # noqa: F401  (imports belong to the baseline, not to the export)
+    from qdrant_client import models  # noqa: F401
+    if spec["target"] == "null":
+        target, name = NullClient(), "docs"
+    else:
+        target, name = cq.EdgeCollection.for_index(spec["shard"], encoder, dense=spec["dense"]), None
+    base = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    t = time.perf_counter()
+    if spec["mode"] == "stream":
+        report = cq.export_parquet(encoder, spec["corpus"], target, name, dense=spec["dense"],
+                                   read_batch_size=spec["read_batch_size"], batch_size=spec["batch_size"])
+    else:  # the path of a built index: everything encoded and held first
+        corpus = read_embeddings(spec["corpus"])
+        index = CSRIndex.from_encoder(encoder, store_vectors=spec["dense"])
+        index.add(corpus.vectors, keys=corpus.keys)
+        report = cq.export(index, target, name, dense=spec["dense"], payload=corpus.table, payload_columns=["text"],
+                           join=None, batch_size=spec["batch_size"])
+    seconds = time.perf_counter() - t
+    print(json.dumps({"points": report.points_count, "seconds": seconds, "peak_mb": (_status("VmHWM") - base) / 2**20,
+                      "end_mb": (_status("VmRSS") - base) / 2**20, "base_mb": base / 2**20}))
+
+
+def stream(args: argparse.Namespace) -> None:
+    import json
+    import os
+    import subprocess
+
+    from csr_index import CSREncoder
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="csr-qdrant-stream-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = Path(__file__).resolve().parents[1] / "runs" / "bench-cache"
+    adapter = cache / f"{args.corpus.parent.name}-sample{args.sample}-s{args.steps}.csr"
+    if not adapter.exists():  # the cluster recipe's first step: an adapter trained on a sample
+        sample = read_embeddings(args.corpus).vectors
+        sample = sample[np.random.default_rng(0).choice(len(sample), args.sample, replace=False)]
+        encoder = CSREncoder(sample.shape[1], k=32, config=CSRConfig(steps=args.steps, batch_size=1024, device="cpu"))
+        _, train_s = timed(lambda: encoder.fit(sample))
+        encoder.save(adapter)
+        print(f"adapter trained on {args.sample:,} rows in {train_s:.0f}s -> {adapter}", file=sys.stderr)
+    runs = [("stream", "null", False, args.corpus), ("stream", "edge", False, args.corpus),
+            ("stream", "edge", True, args.corpus), ("built index", "null", False, args.corpus),
+            ("built index", "null", True, args.corpus)]
+    if args.subset:
+        import pyarrow.parquet as pq
+
+        subset = work / f"first-{args.subset}.parquet"  # one row group, like the source
+        pq.write_table(pq.read_table(args.corpus).slice(0, args.subset), subset, compression="zstd",
+                       row_group_size=args.subset)
+        runs.insert(1, ("stream", "null", False, subset))
+    rows = []
+    for mode, target, dense, corpus in runs:
+        shard = work / f"shard-{mode.replace(' ', '-')}-{target}-{dense}"
+        shutil.rmtree(shard, ignore_errors=True)
+        spec = {"adapter": str(adapter), "corpus": str(corpus), "target": target, "dense": dense,
+                "mode": mode, "shard": str(shard), "read_batch_size": args.read_batch_size, "threads": args.threads,
+                "batch_size": args.batch_size}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        out = subprocess.run([sys.executable, __file__, "_stream-child", json.dumps(spec)], capture_output=True,
+                             text=True, env=env, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        label = f"{mode} -> {'qdrant-edge shard' if target == 'edge' else 'null client (no engine)'}" + \
+                (" + dense" if dense else "")
+        rows.append((label, res))
+        print(f"{label}: {res}", file=sys.stderr, flush=True)
+        shutil.rmtree(shard, ignore_errors=True)
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{args.corpus.parent.name}: export from Parquet (read batches of {args.read_batch_size:,}, requests of "
+          f"{args.batch_size}), "
+          f"{args.threads} torch thread(s), load {os.getloadavg()[0]:.1f}; RSS growth over the loaded adapter")
+    print("| export | points | points/s | peak RSS growth MB | RSS growth at end MB |")
+    print("|---|---:|---:|---:|---:|")
+    for label, r in rows:
+        print(f"| {label} | {r['points']:,} | {r['points'] / r['seconds']:,.0f} | {r['peak_mb']:.0f} | "
+              f"{r['end_mb']:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    engines_args(sub.add_parser("engines", help="qdrant-edge vs CSRIndex engine (pypi-100k)"))
+    scifact_args(sub.add_parser("scifact", help="NDCG@10 through Qdrant (SciFact)"))
+    stream_args(sub.add_parser("stream", help="streaming export of pypi-100k: rate and peak RSS"))
+    child = sub.add_parser("_stream-child")
+    child.add_argument("spec")
+    args = ap.parse_args()
+    {"engines": engines, "scifact": scifact, "stream": stream, "_stream-child": stream_child}[args.what](args)
 
 
 if __name__ == "__main__":

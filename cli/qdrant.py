@@ -2,25 +2,41 @@
 
 Both take exactly one target: ``--url`` (a Qdrant server or cluster, REST or with
 ``--grpc``), ``--path`` (qdrant-client local mode, a directory) or ``--edge``
-(an embedded qdrant-edge shard, a directory). ``search-qdrant`` prints what
+(an embedded qdrant-edge shard, a directory). ``export-qdrant`` uploads a built index, or
+streams a Parquet file of embeddings through an adapter (``--adapter``). ``search-qdrant``
+needs only the adapter (an index directory, with or without documents) and prints what
 ``csr-index search`` prints (TSV query, rank, id, score; or ``--json``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from csr_index.cli.common import echo_results, load_index, read_vectors, setup_logging
+from csr_index import CSREncoder, CSRIndex
+from csr_index.cli.common import echo_results, load_index, query_keys, read_vectors, setup_logging
+from csr_index.errors import IndexFormatError
 
 __all__ = ["export_qdrant", "search_qdrant"]
 
 _SHARED_TARGET_HELP = "Exactly one of --url, --path, --edge."
+_STORAGE_CHOICES = {"sparse": ["float32", "float16", "uint8"], "dense": ["float32", "float16"],
+                    "quantization": ["none", "int8", "binary"]}
 
 
+def _is_index_dir(path: str) -> bool:
+    return (Path(path) / "manifest.json").is_file()
+
+
+def _load_encoder(path: str, quiet: bool) -> CSREncoder:
+    try:
+        return CSREncoder.load(path, progress=not quiet)
+    except IndexFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _integration() -> Any:
@@ -92,16 +108,32 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
 
 
 @click.command(name="export-qdrant")
-@click.argument("index_path", type=click.Path(exists=True))
+@click.argument("source", type=click.Path(exists=True))
 @_target_options
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Adapter (any index directory) that encodes a Parquet SOURCE; only its weights are read.")
+@click.option("--column", default="embedding", show_default=True, help="Vector column of a Parquet SOURCE.")
+@click.option("--id-column", default="id", show_default=True,
+              help="Parquet SOURCE: integer ids become point ids; string ids (or none) -> row numbers, the string "
+                   "stored in the payload field --key-field.")
+@click.option("--key-field", default="key", show_default=True, help="Payload field for string ids / index keys.")
+@click.option("--read-batch-size", default=4096, show_default=True, help="Parquet rows encoded per batch.")
+@click.option("--k-doc", type=int, default=None, help="Latents per stored code (Parquet SOURCE; default k).")
 @click.option("--payload", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Parquet file whose columns become point payloads (e.g. the corpus: id, text).")
+              help="Index SOURCE: Parquet file whose columns become point payloads (e.g. the corpus: id, text).")
 @click.option("--payload-columns", default=None,
-              help="Comma-separated payload columns (default: every non-vector column).")
+              help="Comma-separated payload columns (default: every non-vector column; 'none': no payload).")
 @click.option("--join-column", default="id", show_default=True,
-              help="Payload column matched to the index's ids (integers) or keys (strings).")
+              help="Index SOURCE: payload column matched to the index's ids (integers) or keys (strings).")
 @click.option("--dense/--no-dense", default=False, show_default=True,
-              help="Also upload the stored dense vectors (for --hybrid search).")
+              help="Also upload the dense vectors (server-side re-rank, --hybrid search).")
+@click.option("--sparse-datatype", type=click.Choice(_STORAGE_CHOICES["sparse"]), default=None,
+              help="Datatype of the stored code values (new collection; default Qdrant's float32).")
+@click.option("--dense-datatype", type=click.Choice(_STORAGE_CHOICES["dense"]), default=None,
+              help="Datatype of the stored dense vectors (new collection; default float32).")
+@click.option("--quantization", type=click.Choice(_STORAGE_CHOICES["quantization"]), default="none",
+              show_default=True, help="Qdrant quantization of the dense vectors, kept in RAM.")
+@click.option("--dense-on-disk/--dense-in-memory", default=None, help="Dense originals on disk (mmap) or in RAM.")
 @click.option("--idf/--no-idf", default=False, show_default=True, help="Qdrant's IDF modifier on the codes.")
 @click.option("--batch-size", default=256, show_default=True, help="Points per upload request.")
 @click.option("--parallel", default=1, show_default=True, help="Upload requests in flight (remote servers).")
@@ -115,52 +147,95 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
 @click.option("--metadata/--no-metadata", default=True, show_default=True,
               help="Record the adapter fingerprint in the collection metadata (checked by search-qdrant).")
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
-def export_qdrant(index_path, url, local_path, edge, collection, api_key, grpc, timeout, vector_name, payload,
-                  payload_columns, join_column, dense, idf, batch_size, parallel, shard_number, replication_factor,
-                  write_consistency_factor, on_disk, recreate, resume, metadata, quiet):
-    """Upload the codes of INDEX_PATH to a Qdrant collection (created if needed); re-run to resume."""
+def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, timeout, vector_name, adapter, column,
+                  id_column, key_field, read_batch_size, k_doc, payload, payload_columns, join_column, dense,
+                  sparse_datatype, dense_datatype, quantization, dense_on_disk, idf, batch_size, parallel,
+                  shard_number, replication_factor, write_consistency_factor, on_disk, recreate, resume, metadata,
+                  quiet):
+    """Upload SOURCE to a Qdrant collection (created if needed); re-run to resume.
+
+    SOURCE is a built index directory (its codes are uploaded), or a Parquet file or directory
+    of Parquet files of embeddings, streamed in batches and encoded by --adapter."""
     setup_logging(quiet)
-    index = load_index(index_path, quiet)
-    columns = [c.strip() for c in payload_columns.split(",") if c.strip()] if payload_columns else None
+    streaming = not _is_index_dir(source)
+    if streaming and adapter is None:
+        raise click.UsageError("a Parquet SOURCE needs --adapter MODEL (an index directory holding the adapter)")
+    if not streaming and adapter is not None:
+        raise click.UsageError("SOURCE is an index directory: its own adapter is used; drop --adapter")
+    if streaming and payload is not None:
+        raise click.UsageError("--payload applies to an index SOURCE; a Parquet SOURCE is its own payload "
+                               "(choose columns with --payload-columns)")
+    model = _load_encoder(adapter, quiet) if streaming else load_index(source, quiet)
+    columns = None
+    if payload_columns is not None:
+        columns = [] if payload_columns.strip().lower() == "none" else [
+            c.strip() for c in payload_columns.split(",") if c.strip()]
+    quantization = None if quantization == "none" else quantization
+    storage = {"sparse_datatype": sparse_datatype, "dense_datatype": dense_datatype, "quantization": quantization,
+               "dense_on_disk": dense_on_disk}
     target, name, close = _open_target(
         url, local_path, edge, collection, api_key, grpc, timeout,
-        edge_options={"vector_name": vector_name, "idf": idf, "dense_size": index.d if dense else None},
+        edge_options={"vector_name": vector_name, "idf": idf, "dense_size": model.d if dense else None, **storage},
     )
     cq = _integration()
+    common = dict(vector_name=vector_name, dense=dense, idf=idf, batch_size=batch_size, parallel=parallel,
+                  shard_number=shard_number, replication_factor=replication_factor,
+                  write_consistency_factor=write_consistency_factor, on_disk=on_disk, recreate=recreate,
+                  resume=resume, store_metadata=metadata, progress=not quiet, **storage)
     try:
-        report = _fail_cleanly(lambda: cq.export(
-            index, target, name, vector_name=vector_name, payload=payload, payload_columns=columns,
-            join=join_column, dense=dense, idf=idf, batch_size=batch_size, parallel=parallel,
-            shard_number=shard_number, replication_factor=replication_factor,
-            write_consistency_factor=write_consistency_factor, on_disk=on_disk, recreate=recreate,
-            resume=resume, store_metadata=metadata, progress=not quiet,
-        ))
+        if streaming:
+            report = _fail_cleanly(lambda: cq.export_parquet(
+                model, source, target, name, column=column, id_column=id_column or None, payload_columns=columns,
+                keys_field=key_field or None, k_doc=k_doc, read_batch_size=read_batch_size, **common))
+        else:
+            report = _fail_cleanly(lambda: cq.export(
+                model, target, name, payload=payload if columns != [] else None, payload_columns=columns or None,
+                join=join_column, keys_field=key_field or None, **common))
     finally:
         close()
     click.echo(f"exported {report}")
 
 
 @click.command(name="search-qdrant")
-@click.argument("index_path", type=click.Path(exists=True))
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
 @_target_options
 @click.option("--topk", default=10, show_default=True)
-@click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code (default: the index's k).")
+@click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code (default: k).")
 @click.option("--score", type=click.Choice(["code", "asymmetric"]), default="code", show_default=True,
-              help="code: Qdrant's ranking as is; asymmetric: re-score Qdrant's candidates.")
-@click.option("--rerank", type=int, default=None, help="Re-rank this many exactly (default: auto, as search).")
+              help="code: Qdrant's ranking as is; asymmetric: re-score Qdrant's candidates (needs a full index).")
+@click.option("--rerank", type=int, default=None,
+              help="Re-rank this many candidates exactly (default: max(100, 10*topk) when possible, else 0).")
+@click.option("--rerank-on", type=click.Choice(["auto", "server", "local"]), default="auto", show_default=True,
+              help="server: Qdrant re-scores by the stored dense vectors; local: the index's originals; "
+                   "auto: local for a full index with originals, else server when the collection has dense vectors.")
+@click.option("--adapter-only", is_flag=True, help="Use only MODEL's adapter, even if it holds documents.")
 @click.option("--candidates", type=int, default=None, help="Points Qdrant returns per query (default: auto).")
 @click.option("--hybrid", is_flag=True, help="Fuse with dense search (RRF); needs export-qdrant --dense.")
 @click.option("--rrf-k", default=2, show_default=True, help="RRF constant for --hybrid.")
+@click.option("--quantization-rescore/--no-quantization-rescore", default=None,
+              help="Server re-rank over quantized vectors: re-score with the originals (default: Qdrant's).")
+@click.option("--oversampling", type=float, default=None, help="Quantization oversampling for the server re-rank.")
+@click.option("--key-field", default="key", show_default=True,
+              help="Payload field printed instead of the point id when MODEL holds no documents.")
 @click.option("--column", default="embedding", show_default=True)
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")
 @click.option("--quiet", is_flag=True)
-def search_qdrant(index_path, queries, url, local_path, edge, collection, api_key, grpc, timeout, vector_name,
-                  topk, query_k, score, rerank, candidates, hybrid, rrf_k, column, id_column, as_json, quiet):
-    """Search the Qdrant collection exported from INDEX_PATH with the vectors in QUERIES."""
+def search_qdrant(model_path, queries, url, local_path, edge, collection, api_key, grpc, timeout, vector_name,
+                  topk, query_k, score, rerank, rerank_on, adapter_only, candidates, hybrid, rrf_k,
+                  quantization_rescore, oversampling, key_field, column, id_column, as_json, quiet):
+    """Search the Qdrant collection exported with MODEL's adapter, with the vectors in QUERIES.
+
+    MODEL is an index directory; one without documents (``CSREncoder.save``) is just the adapter,
+    which is all a search needs when the collection holds the dense vectors."""
     setup_logging(quiet)
-    index = load_index(index_path, quiet)
+    try:
+        ntotal = int(CSRIndex.describe(model_path).get("ntotal") or 0)
+    except IndexFormatError as exc:
+        raise click.ClickException(str(exc)) from exc
+    full = ntotal > 0 and not adapter_only
+    model = load_index(model_path, quiet) if full else _load_encoder(model_path, quiet)
     emb = read_vectors(queries, column, id_column)
     if edge is not None and not Path(edge).exists():
         raise click.ClickException(f"no qdrant-edge shard at {edge}")
@@ -171,9 +246,20 @@ def search_qdrant(index_path, queries, url, local_path, edge, collection, api_ke
     cq = _integration()
     try:
         D, I = _fail_cleanly(lambda: cq.search(
-            index, target, name, emb.vectors, topk, query_k=query_k, score=score, rerank=rerank, candidates=candidates,
-            hybrid=hybrid, rrf_k=rrf_k, vector_name=vector_name,
+            model, target, name, emb.vectors, topk, query_k=query_k, score=score, rerank=rerank, rerank_on=rerank_on,
+            candidates=candidates, hybrid=hybrid, rrf_k=rrf_k, quantization_rescore=quantization_rescore,
+            oversampling=oversampling, vector_name=vector_name,
         ))
+        labels = None if full else _fail_cleanly(lambda: cq.fetch_payload(target, name, I, key_field))
     finally:
         close()
-    echo_results(index, emb, D, I, as_json)
+    if full:
+        echo_results(model, emb, D, I, as_json)
+        return
+    for qkey, drow, irow, lrow in zip(query_keys(emb), D, I, labels):
+        hits = [(str(lab) if lab is not None else str(i), float(sc)) for i, lab, sc in zip(irow, lrow, drow) if i >= 0]
+        if as_json:
+            click.echo(json.dumps({"query": qkey, "results": [{"id": i, "score": sc} for i, sc in hits]}))
+        else:
+            for rank, (lab, sc) in enumerate(hits, 1):
+                click.echo(f"{qkey}\t{rank}\t{lab}\t{sc:.6f}")

@@ -2,10 +2,12 @@
 
 Qdrant stores each code as a named sparse vector and scores a query by the dot
 product over an exact inverted index, the same computation as
-``CSRIndex.search(score="code")``. So that the two agree:
+``CSRIndex.search(score="code")``. Every function takes a :class:`CSRIndex` or, where only
+the adapter is needed (streaming export, search, metadata), a bare :class:`CSREncoder`.
+So that the two agree:
 
-* documents are uploaded as ``index.code_vectors()`` and queries sent as
-  ``index.query_code_vectors(xq)``: codes weighted by the adapter's latent weights and,
+* documents are uploaded as ``index.code_vectors()`` (= ``encoder.weigh(codes)``) and queries
+  sent as ``encoder.query_code_vectors(xq)``: codes weighted by the adapter's latent weights and,
   under ``metric="cosine"``, L2-normalised, so their dot product is exactly the
   index's code score;
 * point ids are the index's int64 ids, so re-running an export upserts the same
@@ -26,22 +28,33 @@ imported until used; both come with ``pip install 'csr-index[qdrant]'``.
 >>> with cq.EdgeCollection("docs.qedge") as edge:             # no server
 ...     cq.export(index, edge); D, I = cq.search(index, edge, None, xq, 10)
 
+At scale the client needs only the adapter (a :class:`csr_index.CSREncoder`):
+
+>>> enc = CSREncoder.load("model.csr")
+>>> cq.export_parquet(enc, "embeddings.parquet", client, "docs", dense=True, progress=True)   # streamed
+>>> D, I = cq.search(enc, client, "docs", xq, 10)   # sparse top 100, re-ranked by the dense vectors on the server
+
 Any shortlist (e.g. ids from Qdrant) is re-scored with ``index.rescore(xq, ids, topk, score=...)``.
 
-Modules: ``upload`` (export, resume, retries), ``query`` (search, sparse and hybrid),
-``edge`` (EdgeCollection), ``client`` (QdrantClient collections), ``targets`` (the
-interface both implement), ``validation`` (checks before anything is sent),
-``payload``, ``metadata`` (adapter fingerprint), ``_deps`` (lazy imports).
+Modules: ``upload`` (export of an index's codes), ``stream`` (export_parquet), ``sending``
+(reports, retries, threads), ``query`` (search: sparse, hybrid, server or local re-rank),
+``plan`` (what one search asks), ``layout`` (datatypes, quantization), ``edge``
+(EdgeCollection), ``edge_target`` / ``client`` (the two backends), ``targets`` (the interface
+both implement), ``validation`` (checks before anything is sent), ``payload``,
+``metadata`` (adapter fingerprint), ``_deps`` (lazy imports).
 """
 
 from __future__ import annotations
 
 from ._deps import EDGE_VERSION, INSTALL_HINT
 from .edge import EdgeCollection
-from .upload import ExportReport, QdrantExportError, export, export_codes
-from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, index_metadata
-from .query import search
+from .layout import DENSE_DATATYPES, QUANTIZATIONS, SPARSE_DATATYPES
+from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, adapter_sha256, index_metadata
+from .query import fetch_payload, search
+from .sending import ExportReport, QdrantExportError
+from .stream import export_parquet
 from .targets import Target
+from .upload import export, export_codes
 
 __all__ = [
     "EDGE_VERSION",
@@ -52,8 +65,14 @@ __all__ = [
     "ExportReport",
     "QdrantExportError",
     "Target",
+    "SPARSE_DATATYPES",
+    "DENSE_DATATYPES",
+    "QUANTIZATIONS",
     "export",
     "export_codes",
+    "export_parquet",
     "search",
+    "fetch_payload",
     "index_metadata",
+    "adapter_sha256",
 ]

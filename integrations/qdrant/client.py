@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from ._deps import qdrant_models
+from .layout import Storage, check_storage, found_client
 from .metadata import METADATA_KEY, check_export_metadata
+from .plan import QueryPlan
 from .validation import SparseRow, check_name
 
 log = logging.getLogger(__name__)
@@ -53,27 +55,27 @@ class ClientTarget:
         return self._info_cache
 
     def prepare(self, *, idf: bool, dense_size: int | None, metadata: dict | None, recreate: bool,
-                create: Mapping[str, Any]) -> None:
+                create: Mapping[str, Any], storage: Storage | None = None) -> None:
         models = qdrant_models()
+        storage = storage or Storage()
         if recreate and self.client.collection_exists(self.name):
             log.info("deleting %s (recreate=True)", self.describe())
             self.client.delete_collection(self.name)
         if not self.client.collection_exists(self.name):
-            sparse = {self.vector_name: models.SparseVectorParams(
-                index=models.SparseIndexParams(on_disk=create.get("on_disk")),
-                modifier=models.Modifier.IDF if idf else None,
-            )}
-            dense = ({self.dense_name: models.VectorParams(size=dense_size, distance=models.Distance.DOT)}
-                     if dense_size else None)
+            sparse = {self.vector_name: storage.client_sparse(models, idf=idf, on_disk=create.get("on_disk"))}
+            dense = {self.dense_name: storage.client_dense(models, dense_size)} if dense_size else None
             extra = {k: v for k, v in create.items() if k != "on_disk" and v is not None}
-            log.info("creating %s (sparse vector %r%s%s)", self.describe(), self.vector_name,
-                     ", IDF" if idf else "", f", dense {self.dense_name!r} d={dense_size}" if dense_size else "")
+            log.info("creating %s (sparse vector %r%s%s; %s)", self.describe(), self.vector_name,
+                     ", IDF" if idf else "", f", dense {self.dense_name!r} d={dense_size}" if dense_size else "",
+                     storage)
+            if self.local and storage != Storage():
+                log.info("qdrant-client local mode records but does not apply datatypes or quantization")
             self.client.create_collection(
                 self.name, vectors_config=dense, sparse_vectors_config=sparse,
                 metadata={METADATA_KEY: metadata} if metadata else None, **extra,
             )
             return
-        self.check_layout(idf=idf, dense_size=dense_size)
+        self.check_layout(idf=idf, dense_size=dense_size, storage=storage)
         if metadata:
             found = self.read_metadata()
             check_export_metadata(found, metadata, self.describe(), "export to a new collection or pass recreate=True")
@@ -81,8 +83,9 @@ class ClientTarget:
                 self.client.update_collection(self.name, metadata={METADATA_KEY: metadata})
                 self._info_cache = None
 
-    def check_layout(self, *, idf: bool | None, dense_size: int | None) -> None:
-        """Raise ValueError when the collection lacks the vectors this export/search needs."""
+    def check_layout(self, *, idf: bool | None, dense_size: int | None, storage: Storage | None = None) -> None:
+        """Raise ValueError when the collection lacks the vectors this export/search needs, or was
+        created with other storage options than ``storage`` asks for."""
         params = self._info().config.params
         sparse = params.sparse_vectors or {}
         if self.vector_name not in sparse:
@@ -101,13 +104,33 @@ class ClientTarget:
             if self.dense_name not in dense:
                 raise ValueError(
                     f"{self.describe()} has no dense vector {self.dense_name!r} (it has {sorted(dense)}); "
-                    "hybrid search needs an export with dense=True"
+                    "hybrid search and server-side re-ranking need an export with dense=True"
                 )
             if dense[self.dense_name].size != dense_size:
                 raise ValueError(
                     f"{self.describe()}: dense vector {self.dense_name!r} has size {dense[self.dense_name].size}, "
                     f"expected {dense_size}"
                 )
+        if storage is not None:
+            self.check_storage(storage)
+
+    def has_dense(self, size: int) -> bool:
+        """Whether the collection has the dense vector ``dense_name`` of this size."""
+        params = self._info().config.params
+        dense = params.vectors if isinstance(params.vectors, Mapping) else {}
+        return self.dense_name in dense and dense[self.dense_name].size == size
+
+    def storage(self) -> dict[str, Any]:
+        """The collection's storage options (see :mod:`.layout`)."""
+        config = self._info().config
+        params = config.params
+        dense = params.vectors if isinstance(params.vectors, Mapping) else {}
+        return found_client((params.sparse_vectors or {}).get(self.vector_name),
+                            dense.get(self.dense_name) if self.dense_name else None,
+                            getattr(config, "quantization_config", None))
+
+    def check_storage(self, storage: Storage) -> None:
+        check_storage(storage, self.storage(), self.describe())
 
     def sparse_has_idf(self) -> bool:
         return _is_idf((self._info().config.params.sparse_vectors or {}).get(self.vector_name))
@@ -139,24 +162,33 @@ class ClientTarget:
     def flush(self) -> None:
         """Nothing to do: the server persists what it acknowledged."""
 
-    def query(self, sparse: list[SparseRow | None], dense: np.ndarray | None, limit: int,
-              rrf_k: int) -> list[list[tuple[Any, float]]]:
-        """(id, score) hits per query; sparse only, or RRF of sparse and dense when ``dense`` is given."""
+    def query(self, sparse: list[SparseRow | None], dense: np.ndarray | None,
+              plan: QueryPlan) -> list[list[tuple[Any, float]]]:
+        """(id, score) hits per query as ``plan`` says: sparse, or RRF of sparse and dense (hybrid),
+        then optionally re-scored by the dense vector on the server (one Query API request per query)."""
         models = qdrant_models()
         requests, slots = [], []
         for qi, sv in enumerate(sparse):
             sq = models.SparseVector(indices=sv[0], values=sv[1]) if sv is not None else None
-            if dense is None:
-                if sq is None:
-                    continue
-                req = models.QueryRequest(query=sq, using=self.vector_name, limit=limit,
-                                          with_payload=False, with_vector=False)
-            else:
-                prefetch = [models.Prefetch(query=dense[qi].tolist(), using=self.dense_name, limit=limit)]
+            if plan.hybrid:
+                prefetch = [models.Prefetch(query=dense[qi].tolist(), using=self.dense_name, limit=plan.candidates)]
                 if sq is not None:
-                    prefetch.insert(0, models.Prefetch(query=sq, using=self.vector_name, limit=limit))
-                req = models.QueryRequest(prefetch=prefetch, query=models.RrfQuery(rrf=models.Rrf(k=rrf_k)),
-                                          limit=limit, with_payload=False, with_vector=False)
+                    prefetch.insert(0, models.Prefetch(query=sq, using=self.vector_name, limit=plan.candidates))
+                stage: dict[str, Any] = {"prefetch": prefetch, "query": models.RrfQuery(rrf=models.Rrf(k=plan.rrf_k))}
+            elif sq is None:
+                continue
+            else:
+                stage = {"query": sq, "using": self.vector_name}
+            if plan.server_rerank:
+                params = None
+                if plan.rescore is not None or plan.oversampling is not None:
+                    params = models.SearchParams(quantization=models.QuantizationSearchParams(
+                        rescore=plan.rescore, oversampling=plan.oversampling))
+                req = models.QueryRequest(prefetch=models.Prefetch(**stage, limit=plan.candidates),
+                                          query=dense[qi].tolist(), using=self.dense_name, params=params,
+                                          limit=plan.limit, with_payload=False, with_vector=False)
+            else:
+                req = models.QueryRequest(**stage, limit=plan.candidates, with_payload=False, with_vector=False)
             requests.append(req)
             slots.append(qi)
         out: list[list[tuple[Any, float]]] = [[] for _ in sparse]
@@ -165,3 +197,8 @@ class ClientTarget:
             for qi, resp in zip(slots, responses):
                 out[qi] = [(p.id, p.score) for p in resp.points]
         return out
+
+    def payloads(self, ids: list[int], fields: list[str]) -> dict[int, dict]:
+        """Payload ``fields`` of the given points (missing points are left out)."""
+        records = self.client.retrieve(self.name, ids=ids, with_payload=fields, with_vectors=False)
+        return {int(r.id): dict(r.payload or {}) for r in records}

@@ -11,18 +11,14 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from csr_index.validation import check_positive
 
 from ._deps import qdrant_edge
-from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_export_metadata
-from .validation import SparseRow, check_name
-
-if TYPE_CHECKING:
-    from csr_index.index import CSRIndex
+from .layout import Storage, check_storage, found_edge
+from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME
+from .validation import Model, check_name, encoder_of
 
 __all__ = ["EdgeCollection"]
 
@@ -71,8 +67,11 @@ class EdgeCollection:
     Opens the shard if ``path`` holds one, else creates it (unless ``create=False``)
     with a sparse vector ``vector_name`` (IDF modifier when ``idf``) and, when
     ``dense_size`` is given, a dense vector ``dense_vector_name`` (dot product) for
-    hybrid search. ``idf``/``dense_size`` left as None accept whatever an existing
-    shard has. Updates go through the shard's write-ahead log, so a process killed
+    hybrid search and server-side re-ranking. ``sparse_datatype``, ``dense_datatype``,
+    ``quantization`` and ``dense_on_disk`` set how vectors are stored (see :mod:`.layout`);
+    ``indexing_threshold`` (KB of vectors per segment, Qdrant's optimizer setting) is when
+    ``optimize()`` turns a segment into an indexed one, which is where datatypes and
+    quantization take effect. Options left as None accept whatever an existing shard has. Updates go through the shard's write-ahead log, so a process killed
     mid-export loses nothing that was acknowledged; ``export`` flushes at the end.
     The shard is locked while open: close it (or use ``with``) before another
     process opens it.
@@ -90,9 +89,19 @@ class EdgeCollection:
         dense_vector_name: str = DEFAULT_DENSE_VECTOR_NAME,
         create: bool = True,
         max_search_threads: int | None = None,
+        sparse_datatype: str | None = None,
+        dense_datatype: str | None = None,
+        quantization: str | None = None,
+        dense_on_disk: bool | None = None,
+        indexing_threshold: int | None = None,
     ) -> None:
         qe = qdrant_edge()
         self.path = Path(path)
+        storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk)
+        if storage.dense_options and dense_size is None and not (self.path / self.CONFIG_FILE).exists():
+            raise ValueError("dense_datatype, quantization and dense_on_disk need dense vectors: pass dense_size")
+        if indexing_threshold is not None:
+            indexing_threshold = check_positive(indexing_threshold, "indexing_threshold")
         self._layout: dict | None = None
         self._metadata: dict | None = None
         self.vector_name = check_name(vector_name, "vector_name")
@@ -106,7 +115,7 @@ class EdgeCollection:
                 hint = " (is it open in another process?)" if "WouldBlock" in str(exc) else ""
                 raise RuntimeError(f"cannot open the qdrant-edge shard at {self.path}{hint}: {exc}") from exc
             try:
-                self._check_layout(idf, dense_size)
+                self._check_layout(idf, dense_size, storage)
             except Exception:
                 self.shard.close()
                 raise
@@ -114,10 +123,12 @@ class EdgeCollection:
         else:
             if not create:
                 raise FileNotFoundError(f"no qdrant-edge shard at {self.path} (create=False)")
-            sparse = {self.vector_name: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if idf else None)}
-            vectors = ({self.dense_vector_name: qe.EdgeVectorParams(dense_size, qe.Distance.Dot)}
-                       if dense_size else None)
-            config = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, max_search_threads=max_search_threads)
+            sparse = {self.vector_name: storage.edge_sparse(qe, idf=idf)}
+            vectors = {self.dense_vector_name: storage.edge_dense(qe, dense_size)} if dense_size else None
+            optimizers = (qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold)
+                          if indexing_threshold is not None else None)
+            config = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, optimizers=optimizers,
+                                   max_search_threads=max_search_threads)
             self.path.mkdir(parents=True, exist_ok=True)
             try:
                 self.shard = _edge_call("create", lambda: qe.EdgeShard.create(str(self.path), config))
@@ -128,10 +139,11 @@ class EdgeCollection:
 
     @classmethod
     def for_index(
-        cls, path: str | os.PathLike, index: "CSRIndex", *, dense: bool = False, idf: bool = False, **kwargs: Any
+        cls, path: str | os.PathLike, model: Model, *, dense: bool = False, idf: bool = False, **kwargs: Any
     ) -> "EdgeCollection":
-        """A shard laid out for ``index``: dense vectors of size ``index.d`` when ``dense``."""
-        return cls(path, idf=idf, dense_size=index.d if dense else None, **kwargs)
+        """A shard laid out for a CSRIndex or CSREncoder: dense vectors of size ``d`` when ``dense``
+        (``kwargs``: the other options of :class:`EdgeCollection`)."""
+        return cls(path, idf=idf, dense_size=encoder_of(model).d if dense else None, **kwargs)
 
     def layout(self) -> dict | None:
         """The shard's vector layout as qdrant-edge stores it (None if unreadable); fixed while open."""
@@ -139,7 +151,11 @@ class EdgeCollection:
             self._layout = _read_json(self.path / self.CONFIG_FILE)
         return self._layout
 
-    def _check_layout(self, idf: bool | None, dense_size: int | None) -> None:
+    def storage(self) -> dict[str, Any]:
+        """The shard's storage options (see :mod:`.layout`), from its config file."""
+        return found_edge(self.layout() or {}, self.vector_name, self.dense_vector_name)
+
+    def _check_layout(self, idf: bool | None, dense_size: int | None, storage: Storage | None = None) -> None:
         layout = self.layout()
         if layout is None:
             log.debug("no readable %s in %s; skipping layout checks", self.CONFIG_FILE, self.path)
@@ -161,6 +177,7 @@ class EdgeCollection:
             if size != dense_size:
                 raise ValueError(f"qdrant-edge shard {self.path}: dense vector {self.dense_vector_name!r} has "
                                  f"size {size}, expected {dense_size}")
+        check_storage(storage, self.storage(), f"qdrant-edge shard {self.path}")
 
     @property
     def has_idf(self) -> bool:
@@ -169,6 +186,11 @@ class EdgeCollection:
     @property
     def has_dense(self) -> bool:
         return self.dense_vector_name in ((self.layout() or {}).get("vectors") or {})
+
+    def dense_size(self) -> int | None:
+        """Size of the dense vector (None without one)."""
+        entry = ((self.layout() or {}).get("vectors") or {}).get(self.dense_vector_name)
+        return int(entry["size"]) if entry and "size" in entry else None
 
     def metadata(self) -> dict | None:
         """The csr_index metadata written by the first export (None if none), from ``csr_index.json``."""
@@ -206,102 +228,3 @@ class EdgeCollection:
 
     def __repr__(self) -> str:
         return f"EdgeCollection({str(self.path)!r}, vector_name={self.vector_name!r})"
-
-
-class EdgeTarget:
-    """An :class:`EdgeCollection` (or a bare ``qdrant_edge.EdgeShard``, without layout or metadata
-    checks) as an export/search target. Uploads from one thread (``local``)."""
-
-    local = True
-
-    def __init__(self, edge: Any, vector_name: str, dense_name: str | None) -> None:
-        if isinstance(edge, EdgeCollection):
-            if vector_name != edge.vector_name:
-                raise ValueError(f"vector_name={vector_name!r} but {edge!r} was opened with "
-                                 f"vector_name={edge.vector_name!r}")
-            if dense_name is not None and dense_name != edge.dense_vector_name:
-                raise ValueError(f"dense_vector_name={dense_name!r} but {edge!r} was opened with "
-                                 f"dense_vector_name={edge.dense_vector_name!r}")
-            self.edge: EdgeCollection | None = edge
-            self.shard = edge.shard
-        else:
-            self.edge, self.shard = None, edge
-        self.vector_name = vector_name
-        self.dense_name = dense_name
-
-    def describe(self) -> str:
-        return f"qdrant-edge shard {self.edge.path}" if self.edge is not None else "qdrant-edge shard"
-
-    def prepare(self, *, idf: bool, dense_size: int | None, metadata: dict | None, recreate: bool,
-                create: Mapping[str, Any]) -> None:
-        if recreate:
-            raise ValueError("recreate=True does not apply to a qdrant-edge shard: delete its directory instead")
-        if self.edge is None:
-            if metadata:
-                log.debug("bare EdgeShard: no place for csr_index metadata; use EdgeCollection to keep it")
-            return
-        self.edge._check_layout(idf, dense_size)
-        if metadata:
-            found = self.edge.metadata()
-            check_export_metadata(found, metadata, self.describe(), "export to a new directory")
-            if not found:
-                self.edge.write_metadata(metadata)
-
-    def check_layout(self, *, idf: bool | None, dense_size: int | None) -> None:
-        if self.edge is not None:
-            self.edge._check_layout(idf, dense_size)
-
-    def sparse_has_idf(self) -> bool:
-        return self.edge.has_idf if self.edge is not None else False
-
-    def read_metadata(self) -> dict | None:
-        return self.edge.metadata() if self.edge is not None else None
-
-    def count(self) -> int:
-        return _count(self.shard)
-
-    def existing(self, ids: list[int]) -> set[int]:
-        records = _edge_call("retrieve", lambda: self.shard.retrieve(ids, False, False))
-        return {int(r.id) for r in records}
-
-    def upsert(self, ids: list[int], sparse: list[SparseRow], dense: list[list[float]] | None,
-               payloads: list[dict] | None) -> None:
-        qe = qdrant_edge()
-        points = []
-        for j, (pid, (indices, values)) in enumerate(zip(ids, sparse)):
-            vector: dict[str, Any] = {self.vector_name: qe.SparseVector(indices, values)}
-            if dense is not None:
-                vector[self.dense_name] = dense[j]
-            points.append(qe.Point(pid, vector, payloads[j] if payloads is not None else None))
-        _edge_call("upsert", lambda: self.shard.update(qe.UpdateOperation.upsert_points(points)))
-
-    def flush(self) -> None:
-        _edge_call("flush", self.shard.flush)
-
-    def query(self, sparse: list[SparseRow | None], dense: np.ndarray | None, limit: int,
-              rrf_k: int) -> list[list[tuple[Any, float]]]:
-        """(id, score) hits per query; sparse only, or RRF of sparse and dense when ``dense`` is given."""
-        qe = qdrant_edge()
-        requests, slots = [], []
-        for qi, sv in enumerate(sparse):
-            sq = (qe.Query.Nearest(qe.SparseVector(sv[0], sv[1]), using=self.vector_name)
-                  if sv is not None else None)
-            if dense is None:
-                if sq is None:
-                    continue
-                req = qe.QueryRequest(limit=limit, query=sq, with_payload=False, with_vector=False)
-            else:
-                prefetches = [qe.Prefetch(limit=limit, query=qe.Query.Nearest(dense[qi].tolist(),
-                                                                               using=self.dense_name))]
-                if sq is not None:
-                    prefetches.insert(0, qe.Prefetch(limit=limit, query=sq))
-                req = qe.QueryRequest(limit=limit, query=qe.Fusion.Rrf(k=rrf_k), prefetches=prefetches,
-                                      with_payload=False, with_vector=False)
-            requests.append(req)
-            slots.append(qi)
-        out: list[list[tuple[Any, float]]] = [[] for _ in sparse]
-        if requests:
-            results = _edge_call("query", lambda: self.shard.query_batch(qe.QueryBatchRequest(requests)))
-            for qi, points in zip(slots, results):
-                out[qi] = [(p.id, p.score) for p in points]
-        return out

@@ -7,16 +7,13 @@ import hashlib
 import logging
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from csr_index import __version__
 
-from .validation import check_trained
-
-if TYPE_CHECKING:
-    from csr_index.index import CSRIndex
+from .validation import Model, encoder_of, index_of
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +25,9 @@ METADATA_FORMAT = 1
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
-def adapter_sha256(index: "CSRIndex") -> str:
-    """sha256 of the index's adapter weights (cached per adapter object)."""
-    check_trained(index)
-    adapter = index.adapter
+def adapter_sha256(model: Model) -> str:
+    """sha256 of the adapter weights of a CSRIndex or CSREncoder (cached per adapter object)."""
+    adapter = encoder_of(model).adapter
     cached = _FINGERPRINTS.get(adapter)
     if cached is None:
         digest = hashlib.sha256()
@@ -42,47 +38,55 @@ def adapter_sha256(index: "CSRIndex") -> str:
     return cached
 
 
-def _values(index: "CSRIndex") -> str:
-    return "weighted, l2-normalized" if index.metric == "cosine" else "weighted"
+def _values(model: Model) -> str:
+    return "weighted, l2-normalized" if encoder_of(model).metric == "cosine" else "weighted"
 
 
 def index_metadata(
-    index: "CSRIndex", vector_name: str = DEFAULT_VECTOR_NAME, dense_vector_name: str | None = None
+    model: Model, vector_name: str = DEFAULT_VECTOR_NAME, dense_vector_name: str | None = None,
+    k_doc: int | None = None,
 ) -> dict[str, Any]:
-    """What an export records in the collection's metadata (under ``"csr_index"``).
+    """What an export records in the collection's metadata (under ``"csr_index"``), for a CSRIndex
+    or a CSREncoder; ``k_doc``: latents per stored code (default: the index's k_doc, or k).
 
     ``search`` checks it: a collection exported from another adapter, or with the
     other value convention, is refused instead of returning meaningless results.
     """
+    encoder, index = encoder_of(model), index_of(model)
+    if k_doc is None:
+        k_doc = index.k_doc if index is not None else encoder.k
     return {
         "format": METADATA_FORMAT,
         "library_version": __version__,
-        "adapter_sha256": adapter_sha256(index),
-        "d": index.d,
-        "h": index.h,
-        "k": index.k,
-        "metric": index.metric,
-        "values": _values(index),
+        "adapter_sha256": adapter_sha256(encoder),
+        "d": encoder.d,
+        "h": encoder.h,
+        "k": encoder.k,
+        "k_doc": int(k_doc),
+        "metric": encoder.metric,
+        "values": _values(encoder),
         "vector_name": vector_name,
         "dense_vector_name": dense_vector_name,
         "dense_distance": "dot" if dense_vector_name else None,
+        "dense_values": ("l2-normalized" if encoder.metric == "cosine" else "raw") if dense_vector_name else None,
     }
 
 
-def check_search_metadata(found: Mapping[str, Any] | None, index: "CSRIndex", where: str, vector_name: str) -> None:
-    """Refuse to search a collection whose codes ``index`` did not make (no metadata: no check)."""
+def check_search_metadata(found: Mapping[str, Any] | None, model: Model, where: str, vector_name: str) -> None:
+    """Refuse to search a collection whose codes this adapter (a CSRIndex or CSREncoder) did not
+    make (no metadata: no check)."""
     if not found:
         log.debug("%s carries no csr_index metadata; skipping the adapter check", where)
         return
-    if found.get("adapter_sha256") != adapter_sha256(index):
+    if found.get("adapter_sha256") != adapter_sha256(model):
         raise ValueError(
             f"{where} holds codes of another CSR adapter (sha256 {str(found.get('adapter_sha256'))[:12]}…, "
-            f"this index {adapter_sha256(index)[:12]}…): its scores would be meaningless; "
-            "export this index to a new collection, or re-export with recreate=True"
+            f"this adapter {adapter_sha256(model)[:12]}…): its scores would be meaningless; "
+            "export with this adapter to a new collection, or re-export with recreate=True"
         )
-    if found.get("values") != _values(index):
+    if found.get("values") != _values(model):
         raise ValueError(
-            f"{where} holds {found.get('values')} codes but metric={index.metric!r} needs {_values(index)} codes"
+            f"{where} holds {found.get('values')} codes but metric={encoder_of(model).metric!r} needs {_values(model)} codes"
         )
     if found.get("vector_name") not in (None, vector_name):
         raise ValueError(

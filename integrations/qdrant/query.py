@@ -1,5 +1,7 @@
-"""Querying an exported collection: :func:`search`, sparse or hybrid (RRF with the dense vectors);
-Qdrant's candidates are re-scored by :meth:`CSRIndex.rescore` as ``CSRIndex.search`` would."""
+"""Querying an exported collection: :func:`search`, sparse or hybrid (RRF with the dense vectors).
+Qdrant's candidates are re-ranked either on the server (the dense vectors stored in the same
+points, one Query API request: nothing local but the adapter) or locally by
+:meth:`CSRIndex.rescore`, as ``CSRIndex.search`` would; :func:`fetch_payload` reads result payloads."""
 
 from __future__ import annotations
 
@@ -12,21 +14,23 @@ from tqdm import tqdm
 from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_search_metadata
+from .plan import QueryPlan
 from .targets import Target, open_target
-from .validation import check_name, check_trained, sparse_rows
+from .validation import Model, check_name, encoder_of, index_of, sparse_rows
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex
 
-__all__ = ["search"]
+__all__ = ["search", "fetch_payload"]
 
 log = logging.getLogger(__name__)
 
 SCORE_MODES = ("code", "asymmetric")
+RERANK_ON = ("auto", "server", "local")
 
 
 def search(
-    index: "CSRIndex",
+    model: Model,
     client: Target,
     collection_name: str | None,
     xq: Any,
@@ -35,90 +39,124 @@ def search(
     query_k: int | None = None,
     score: str = "code",
     rerank: int | None = None,
+    rerank_on: str = "auto",
     candidates: int | None = None,
     hybrid: bool = False,
     rrf_k: int = 2,
+    quantization_rescore: bool | None = None,
+    oversampling: float | None = None,
     vector_name: str = DEFAULT_VECTOR_NAME,
     dense_vector_name: str = DEFAULT_DENSE_VECTOR_NAME,
     batch_size: int = 64,
     check: bool = True,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Search a collection exported from ``index`` with dense queries ``xq`` (nq, d): ``(D, I)``
-    like ``CSRIndex.search`` (float32 descending, int64 ids, (-inf, -1) padding).
+    """Search a collection exported with the adapter of ``model`` (a :class:`CSRIndex`, or just its
+    :class:`CSREncoder`) with dense queries ``xq`` (nq, d): ``(D, I)`` like ``CSRIndex.search``
+    (float32 descending, int64 point ids, (-inf, -1) padding).
 
-    Queries are encoded by the index's adapter (``query_k`` latents, default the index's k) and
-    sent in batches of ``batch_size`` (``query_batch_points``). Qdrant returns the
-    best ``candidates`` points by code x code; then, as in ``CSRIndex.search``:
+    Queries are encoded by the adapter (``query_k`` latents, default k) and sent in batches of
+    ``batch_size`` (``query_batch_points``). Qdrant finds the best ``candidates`` points by
+    code x code (or, with ``hybrid``, by its reciprocal rank fusion (``rrf_k``) of that ranking
+    and dense search); then:
 
-    score: ``"code"`` keeps Qdrant's ranking (equal to ``index.search(score="code")``);
-        ``"asymmetric"`` re-scores the candidates with the asymmetric score (the
-        dense query against each doc's reconstruction, as ``CSRIndex.search``). It equals
-        ``index.search(score="asymmetric")`` when that top list lies within Qdrant's
-        candidates (docs sharing no latent with the query code are never candidates).
-    rerank: re-rank the best ``rerank`` exactly against the stored originals
-        (store_vectors=True). Default as CSRIndex: max(100, 10 * topk) when originals
-        are stored, else 0. ``score="code", rerank=R`` equals
-        ``index.search(xq, topk, score="code", rerank=R)``.
-    candidates: how many points Qdrant returns per query; default max(topk, rerank)
-        for "code", 10x that (at least 1000) for "asymmetric".
-    hybrid: fuse the sparse ranking with a dense one (the collection needs the dense
-        vectors: ``export(..., dense=True)``) by Qdrant's reciprocal rank fusion
-        (``rrf_k``); the fused candidates are then re-scored as above, and with
-        score="code" and no rerank D holds the RRF scores.
-    check: verify the collection's layout and csr_index metadata (same adapter, same
-        value convention) before querying.
-    Re-scoring uses :meth:`CSRIndex.rescore`, which anyone can apply to other candidates.
+    rerank: how many of them to re-rank exactly. Default max(100, 10 * topk) when a re-ranking
+        is available (see ``rerank_on``), else 0.
+    rerank_on: ``"server"``: Qdrant re-scores the sparse top ``rerank`` by the dense vector
+        stored in each point, in the same request (Query API: the sparse search as a
+        ``prefetch``, then ``query=dense``); needs an export with dense vectors and nothing but
+        the adapter here. D is then the cosine (dot product of the prepared vectors) as Qdrant
+        computes it, with its datatype and quantization. ``"local"``: re-rank against the
+        originals of a CSRIndex built with store_vectors=True (:meth:`CSRIndex.rescore`).
+        ``"auto"``: local when ``model`` is a CSRIndex with originals, else server when the
+        collection has the dense vectors, else no re-rank.
+    score: ``"code"`` keeps Qdrant's ranking (= ``index.search(score="code")``);
+        ``"asymmetric"`` (a CSRIndex only; not with server re-rank) re-scores the candidates
+        with the asymmetric score, which equals ``index.search(score="asymmetric")`` when
+        that top list lies within Qdrant's candidates.
+    candidates: points per query from the first stage; default max(topk, rerank), 10x that
+        (at least 1000) for "asymmetric".
+    quantization_rescore, oversampling: Qdrant's ``QuantizationSearchParams`` for server
+        re-ranking over quantized dense vectors (None: Qdrant's defaults, which do not re-score
+        in-RAM originals). ``rescore=True, oversampling=rerank/topk`` scores every candidate
+        with the originals.
+    check: verify the collection's layout and csr_index metadata (same adapter, same value
+        convention) before querying.
     """
-    check_trained(index)
+    encoder, index = encoder_of(model), index_of(model)
     topk = check_positive(topk, "topk", 1 << 31)
-    query_k = None if query_k is None else check_positive(query_k, "query_k", index.k)
+    query_k = None if query_k is None else check_positive(query_k, "query_k", encoder.k)
     if score not in SCORE_MODES:
         raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
-    if rerank is None:
-        rerank = max(100, 10 * topk) if index.store_vectors else 0
-    elif isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+    if rerank_on not in RERANK_ON:
+        raise ValueError(f"rerank_on must be one of {RERANK_ON}, got {rerank_on!r}")
+    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0):
         raise ValueError(f"rerank must be a non-negative integer, got {rerank!r}")
-    if rerank and not index.store_vectors:
-        raise ValueError("rerank needs the original vectors: build the index with store_vectors=True")
+    if score == "asymmetric" and index is None:
+        raise ValueError('score="asymmetric" re-scores candidates with their stored codes: pass the CSRIndex '
+                         "(or use server-side re-ranking of the dense vectors: rerank_on='server')")
+    if oversampling is not None and not (isinstance(oversampling, (int, float)) and oversampling >= 1):
+        raise ValueError(f"oversampling must be a number >= 1, got {oversampling!r}")
+    rrf_k = check_positive(rrf_k, "rrf_k")
+    batch_size = check_positive(batch_size, "batch_size")
+    vector_name = check_name(vector_name, "vector_name")
+    xq_prepared = encoder.prepare(xq, "queries")
+    nq = len(xq_prepared)
+    local_vectors = index is not None and index.store_vectors
+
+    target = open_target(client, collection_name, vector_name, dense_vector_name)
+    where = target.describe()
+    if rerank_on == "auto":
+        rerank_on = ("local" if local_vectors else "server" if rerank != 0 and score == "code"
+                     and target.has_dense(encoder.d) else "none")
+    if rerank_on == "local" and rerank != 0 and not local_vectors:
+        raise ValueError("local re-ranking needs the original vectors: pass a CSRIndex built with "
+                         "store_vectors=True, or re-rank on the server (rerank_on='server')")
+    if rerank_on == "none" and rerank:
+        raise ValueError(f"rerank={rerank} needs the original vectors (a CSRIndex built with store_vectors=True) "
+                         f"or dense vectors in {where} (export with dense=True) for server-side re-ranking")
+    if rerank_on == "server" and score == "asymmetric":
+        raise ValueError('score="asymmetric" re-scores locally; it does not combine with rerank_on="server"')
+    if rerank is None:
+        rerank = max(100, 10 * topk) if rerank_on in ("local", "server") else 0
+    server = rerank_on == "server" and rerank > 0
     shortlist = max(topk, int(rerank))
     if candidates is None:
         candidates = shortlist if score == "code" else max(10 * shortlist, 1000)
     candidates = check_positive(candidates, "candidates")
     if candidates < shortlist:
         raise ValueError(f"candidates={candidates} is below the shortlist max(topk, rerank)={shortlist}")
-    rrf_k = check_positive(rrf_k, "rrf_k")
-    batch_size = check_positive(batch_size, "batch_size")
-    vector_name = check_name(vector_name, "vector_name")
-    xq_prepared = index.prepare(xq, "queries")
-    nq = len(xq_prepared)
-
-    target = open_target(client, collection_name, vector_name, dense_vector_name if hybrid else None)
+    if server and candidates != rerank:
+        log.debug("the server re-ranks all %d candidates (rerank=%d)", candidates, rerank)
     if check:
-        target.check_layout(idf=None, dense_size=index.d if hybrid else None)
-        check_search_metadata(target.read_metadata(), index, target.describe(), vector_name)
+        target.check_layout(idf=None, dense_size=encoder.d if hybrid or server else None)
+        check_search_metadata(target.read_metadata(), encoder, where, vector_name)
         if target.sparse_has_idf():
-            log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", target.describe(),
-                        vector_name)
+            log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", where, vector_name)
+    plan = QueryPlan(candidates=candidates, limit=topk if server else candidates, hybrid=bool(hybrid),
+                     rrf_k=rrf_k, server_rerank=server, rescore=quantization_rescore,
+                     oversampling=None if oversampling is None else float(oversampling))
 
-    codes = index.query_code_vectors(xq, query_k)  # None: the index's k
+    codes = encoder.query_code_vectors(xq, query_k)  # None: the encoder's k
     sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
-    D = np.full((nq, candidates), -np.inf, dtype=np.float32)
-    I = np.full((nq, candidates), -1, dtype=np.int64)
-    with tqdm(total=nq, disable=not progress, unit="q", desc=f"search {target.describe()}") as bar:
+    D = np.full((nq, plan.limit), -np.inf, dtype=np.float32)
+    I = np.full((nq, plan.limit), -1, dtype=np.int64)
+    with tqdm(total=nq, disable=not progress, unit="q", desc=f"search {where}") as bar:
         for s in range(0, nq, batch_size):
             e = min(nq, s + batch_size)
-            results = target.query(sparse[s:e], xq_prepared[s:e] if hybrid else None, candidates, rrf_k)
-            for qi, hits in enumerate(results, start=s):
-                for j, (pid, sc) in enumerate(hits[:candidates]):
+            dense = xq_prepared[s:e] if hybrid or server else None
+            for qi, hits in enumerate(target.query(sparse[s:e], dense, plan), start=s):
+                for j, (pid, sc) in enumerate(hits[: plan.limit]):
                     if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
                         raise ValueError(
-                            f"{target.describe()} returned point id {pid!r}; csr-index needs integer ids "
-                            "(the index's ids, as export() writes them)"
+                            f"{where} returned point id {pid!r}; csr-index needs integer ids "
+                            "(as export() and export_parquet() write them)"
                         )
                     I[qi, j] = pid
                     D[qi, j] = sc
             bar.update(e - s)
+    if server:
+        return D[:, :topk], I[:, :topk]
     if score == "asymmetric":
         D, I = _rescore(index, xq, I, shortlist, "asymmetric", query_k)
     else:
@@ -126,6 +164,21 @@ def search(
     if rerank:
         D, I = _rescore(index, xq, I, topk, "exact")
     return D[:, :topk], I[:, :topk]
+
+
+def fetch_payload(client: Target, collection_name: str | None, ids: Any, field: str = "key",
+                  *, vector_name: str = DEFAULT_VECTOR_NAME) -> np.ndarray:
+    """The payload ``field`` of each point id in ``ids`` (any shape; -1 = none), as an object array
+    of the same shape with None where a point or its field is missing: e.g. the string keys that
+    ``export_parquet`` stores when the id column holds strings."""
+    arr = np.asarray(ids, dtype=np.int64)
+    wanted = sorted({int(i) for i in arr.reshape(-1) if i >= 0})
+    target = open_target(client, collection_name, vector_name, None)
+    found: dict[int, dict] = {}
+    for s in range(0, len(wanted), 1000):
+        found.update(target.payloads(wanted[s : s + 1000], [field]))
+    out = np.array([found.get(int(i), {}).get(field) if i >= 0 else None for i in arr.reshape(-1)], dtype=object)
+    return out.reshape(arr.shape)
 
 
 def _rescore(

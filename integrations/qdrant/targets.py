@@ -8,7 +8,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from .client import ClientTarget
-from .edge import EdgeCollection, EdgeTarget
+from .edge import EdgeCollection
+from .edge_target import EdgeTarget
+from .layout import Storage
+from .plan import QueryPlan
 from .validation import SparseRow
 
 Target = Any
@@ -26,10 +29,13 @@ class Backend(Protocol):
     def describe(self) -> str: ...
 
     def prepare(self, *, idf: bool, dense_size: int | None, metadata: dict | None, recreate: bool,
-                create: Mapping[str, Any]) -> None:
+                create: Mapping[str, Any], storage: Storage | None = None) -> None:
         """Create the collection, or check an existing one's layout and adapter; record ``metadata``."""
 
-    def check_layout(self, *, idf: bool | None, dense_size: int | None) -> None: ...
+    def check_layout(self, *, idf: bool | None, dense_size: int | None, storage: Storage | None = None) -> None: ...
+
+    def has_dense(self, size: int) -> bool:
+        """Whether the collection has the dense vector of this size (server-side re-rank needs it)."""
 
     def sparse_has_idf(self) -> bool: ...
 
@@ -45,8 +51,10 @@ class Backend(Protocol):
 
     def flush(self) -> None: ...
 
-    def query(self, sparse: list[SparseRow | None], dense: np.ndarray | None, limit: int,
-              rrf_k: int) -> list[list[tuple[Any, float]]]: ...
+    def query(self, sparse: list[SparseRow | None], dense: np.ndarray | None,
+              plan: QueryPlan) -> list[list[tuple[Any, float]]]: ...
+
+    def payloads(self, ids: list[int], fields: list[str]) -> dict[int, dict]: ...
 
 
 def open_target(client: Target, collection_name: Any, vector_name: str, dense_name: str | None,

@@ -1,5 +1,5 @@
 """Uploading codes: :func:`export` (a CSRIndex's codes, keys, payloads, dense vectors) and
-:func:`export_codes` (any codes). Everything is validated before the first request; a
+:func:`export_codes` (any codes); :mod:`.stream` encodes and uploads a Parquet file in batches. Everything is validated before the first request; a
 re-run resumes (points already present are skipped by id); transient errors are retried;
 remote servers get several requests in flight."""
 
@@ -8,23 +8,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from csr_index.codes import SparseCodes
-from csr_index.validation import check_positive
 
+from .layout import Storage
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, index_metadata
+from .sending import ExportReport, QdrantExportError, check_upload_options, retrying, run_all  # noqa: F401
 from .payload import check_payload_dicts, check_payload_table, is_dict_sequence, payload_batch, payload_table
 from .targets import Target, open_target
-from .validation import check_dense, check_name, check_trained, sparse_rows, validate_codes
+from .validation import check_dense, check_name, index_of, sparse_rows, validate_codes
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex
@@ -32,35 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["ExportReport", "QdrantExportError", "export", "export_codes"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-class QdrantExportError(RuntimeError):
-    """An upload to Qdrant failed after its retries; re-running the export resumes it."""
-
-
-@dataclass
-class ExportReport:
-    """What an export did. ``points_count`` is the target's count afterwards."""
-
-    target: str
-    total: int
-    uploaded: int
-    skipped: int
-    points_count: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        """Uploaded points per second."""
-        return self.uploaded / self.seconds if self.seconds > 0 else float("inf")
-
-    def __str__(self) -> str:
-        return (
-            f"{self.target}: {self.total} points ({self.uploaded} uploaded, {self.skipped} already there) in "
-            f"{self.seconds:.1f}s ({self.rate:,.0f} points/s); it holds {self.points_count} points"
-        )
 
 
 def export(
@@ -76,6 +45,10 @@ def export(
     dense: bool | Any = False,
     dense_vector_name: str = DEFAULT_DENSE_VECTOR_NAME,
     idf: bool = False,
+    sparse_datatype: str | None = None,
+    dense_datatype: str | None = None,
+    quantization: str | None = None,
+    dense_on_disk: bool | None = None,
     batch_size: int = 256,
     parallel: int = 1,
     shard_number: int | None = None,
@@ -112,6 +85,10 @@ def export(
         dense vector ``dense_vector_name`` (dot product) for hybrid search.
     idf: create the sparse vector with Qdrant's IDF modifier (scores then differ from
         CSRIndex's; CSR weights are learned, so the default is off).
+    sparse_datatype, dense_datatype, quantization, dense_on_disk: how a new collection stores
+        the codes ("float32" / "float16" / "uint8") and the dense vectors ("float32" /
+        "float16"; quantization "int8" / "binary", kept in RAM; originals on disk): see
+        :mod:`csr_index.integrations.qdrant.layout`. An existing collection must match.
     batch_size, parallel: points per request, and requests in flight (threads;
         remote servers only: local mode and qdrant-edge upload sequentially).
     resume: skip points already present (checked per batch by id), so a re-run after
@@ -124,7 +101,10 @@ def export(
         server without collection metadata.
     Every code, id, dense vector and payload is validated before anything is sent.
     """
-    check_trained(index)
+    if index_of(index) is None:
+        raise TypeError(f"export() uploads the codes of a built CSRIndex, got {type(index).__name__}; "
+                        "to encode and upload vectors with an adapter alone use export_parquet(encoder, path, ...)")
+    index.encoder.require_trained()
     ids = np.asarray(index.ids, dtype=np.int64)
     n = len(ids)
     dense_vectors = None
@@ -162,7 +142,8 @@ def export(
         payload=table if table is not None else dicts,
         dense_vectors=dense_vectors,
         vector_name=vector_name, dense_vector_name=dense_vector_name, idf=idf,
-        batch_size=batch_size, parallel=parallel,
+        sparse_datatype=sparse_datatype, dense_datatype=dense_datatype, quantization=quantization,
+        dense_on_disk=dense_on_disk, batch_size=batch_size, parallel=parallel,
         shard_number=shard_number, replication_factor=replication_factor,
         write_consistency_factor=write_consistency_factor, on_disk=on_disk,
         collection_options=collection_options, recreate=recreate, resume=resume, wait=wait,
@@ -182,6 +163,10 @@ def export_codes(
     vector_name: str = DEFAULT_VECTOR_NAME,
     dense_vector_name: str = DEFAULT_DENSE_VECTOR_NAME,
     idf: bool = False,
+    sparse_datatype: str | None = None,
+    dense_datatype: str | None = None,
+    quantization: str | None = None,
+    dense_on_disk: bool | None = None,
     batch_size: int = 256,
     parallel: int = 1,
     shard_number: int | None = None,
@@ -208,14 +193,12 @@ def export_codes(
     dense_vector_name = check_name(dense_vector_name, "dense_vector_name")
     if dense_vectors is not None and dense_vector_name == vector_name:
         raise ValueError(f"the dense and sparse vectors need different names, both are {vector_name!r}")
-    batch_size = check_positive(batch_size, "batch_size")
-    parallel = check_positive(parallel, "parallel")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, (int, np.integer)) or max_retries < 0:
-        raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
-    for what, value in (("shard_number", shard_number), ("replication_factor", replication_factor),
-                        ("write_consistency_factor", write_consistency_factor)):
-        if value is not None:
-            check_positive(value, what)
+    batch_size, parallel = check_upload_options(
+        batch_size, parallel, max_retries, ("shard_number", shard_number), ("replication_factor", replication_factor),
+        ("write_consistency_factor", write_consistency_factor))
+    storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk)
+    if storage.dense_options and dense_vectors is None:
+        raise ValueError("dense_datatype, quantization and dense_on_disk apply to dense vectors: pass dense vectors")
 
     # ---- validate everything before the first request
     point_ids, nonempty = validate_codes(codes, ids, normalize)
@@ -240,7 +223,7 @@ def export_codes(
               "write_consistency_factor": write_consistency_factor, "on_disk": on_disk,
               **dict(collection_options or {})}
     target.prepare(idf=bool(idf), dense_size=dense_arr.shape[1] if dense_arr is not None else None,
-                   metadata=dict(metadata) if metadata else None, recreate=recreate, create=create)
+                   metadata=dict(metadata) if metadata else None, recreate=recreate, create=create, storage=storage)
 
     before = target.count() if resume else 0
     check_existing = before > 0
@@ -253,7 +236,7 @@ def export_codes(
         stop = min(n, start + batch_size)
         rows = np.arange(start, stop)
         if check_existing:
-            present = _retrying(lambda: target.existing(point_ids[rows].tolist()), max_retries,
+            present = retrying(lambda: target.existing(point_ids[rows].tolist()), max_retries,
                                 f"checking which of rows {start}..{stop - 1} exist", where)
             if present:
                 rows = rows[~np.isin(point_ids[rows], np.fromiter(present, np.int64, len(present)))]
@@ -261,14 +244,14 @@ def export_codes(
             batch = (point_ids[rows].tolist(), sparse_rows(codes.indices[rows], codes.values[rows], normalize),
                      np.asarray(dense_arr[rows], dtype=np.float32).tolist() if dense_arr is not None else None,
                      payload_batch(payload, rows))
-            _retrying(lambda: target.upsert(*batch), max_retries, f"uploading rows {start}..{stop - 1}", where)
+            retrying(lambda: target.upsert(*batch), max_retries, f"uploading rows {start}..{stop - 1}", where)
         skipped = stop - start - len(rows)
         log.debug("batch at row %d: %d sent, %d already there", start, len(rows), skipped)
         return len(rows), skipped
 
     uploaded = skipped = 0
     with tqdm(total=n, disable=not progress, unit="pt", desc=f"export to {where}") as bar:
-        for sent, skip in _run_all(run_batch, range(0, n, batch_size), parallel):
+        for sent, skip in run_all(run_batch, range(0, n, batch_size), parallel):
             uploaded += sent
             skipped += skip
             bar.update(sent + skip)
@@ -282,67 +265,3 @@ def export_codes(
                     where, after, after - n)
     log.info("exported %s", report)
     return report
-
-
-def _run_all(fn: Callable[[int], T], starts: Iterable[int], parallel: int) -> Iterator[T]:
-    """``fn(start)`` for every start (in completion order), in ``parallel`` threads with at most
-    ``2 * parallel`` batches queued; the first error cancels the queued ones and is raised."""
-    if parallel == 1:
-        yield from map(fn, starts)
-        return
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="csr-qdrant") as pool:
-        pending: set[Future] = set()
-        try:
-            for start in starts:
-                pending.add(pool.submit(fn, start))
-                if len(pending) >= 2 * parallel:
-                    done, pending = wait_futures(pending, return_when=FIRST_COMPLETED)
-                    yield from (fut.result() for fut in done)
-            for fut in pending:
-                yield fut.result()
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether retrying a failed request may help (network errors, 5xx, 429, gRPC UNAVAILABLE)."""
-    try:
-        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-    except ImportError:  # pragma: no cover
-        return False
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code is None or exc.status_code in (408, 429, 500, 502, 503, 504)
-    if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError)):
-        return True
-    try:
-        import grpc
-
-        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-            return exc.code() in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-            )
-    except ImportError:  # pragma: no cover
-        pass
-    return False
-
-
-def _retrying(fn: Callable[[], T], max_retries: int, what: str, where: str) -> T:
-    """``fn()``, retried with exponential backoff on transient errors; QdrantExportError otherwise."""
-    delay = 0.5
-    for attempt in range(max_retries + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt < max_retries and _transient(exc):
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt + 1, max_retries, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            raise QdrantExportError(
-                f"{what} to {where} failed after {attempt + 1} attempt(s): {exc}. "
-                "Points already uploaded are kept: run the export again to resume."
-            ) from exc
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -16,7 +16,11 @@ from csr_index.errors import NotTrainedError
 from csr_index.validation import as_ids, check_positive
 
 if TYPE_CHECKING:
+    from csr_index.encoder import CSREncoder
     from csr_index.index import CSRIndex
+
+Model = Any
+"""What the Qdrant functions take for the adapter: a :class:`CSRIndex` or a bare :class:`CSREncoder`."""
 
 MAX_SPARSE_INDEX = (1 << 32) - 1
 MAX_POINT_ID = (1 << 63) - 1
@@ -26,9 +30,32 @@ SparseRow = tuple[list[int], list[float]]
 """One sparse vector as qdrant-client and qdrant-edge take it: (indices, values)."""
 
 
-def check_trained(index: "CSRIndex") -> None:
-    if not index.is_trained:
-        raise NotTrainedError("this CSRIndex is not trained yet: call index.train(x) first")
+def encoder_of(model: Model) -> "CSREncoder":
+    """The trained :class:`CSREncoder` of a CSRIndex or CSREncoder (TypeError / NotTrainedError otherwise)."""
+    from csr_index.encoder import CSREncoder
+    from csr_index.index import CSRIndex
+
+    if isinstance(model, CSRIndex):
+        encoder = model.encoder
+    elif isinstance(model, CSREncoder):
+        encoder = model
+    else:
+        raise TypeError(f"expected a CSRIndex or a CSREncoder (the adapter), got {type(model).__name__}")
+    if not encoder.is_trained:
+        raise NotTrainedError(f"this {type(model).__name__} is not trained yet: train it (or load a trained one) first")
+    return encoder
+
+
+def index_of(model: Model) -> "CSRIndex | None":
+    """``model`` when it is a CSRIndex (documents held locally), else None."""
+    from csr_index.index import CSRIndex
+
+    return model if isinstance(model, CSRIndex) else None
+
+
+def check_trained(model: Model) -> None:
+    """NotTrainedError unless ``model`` (a CSRIndex or CSREncoder) is trained."""
+    encoder_of(model)
 
 
 def check_name(name: Any, what: str) -> str:
