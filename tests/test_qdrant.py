@@ -68,7 +68,8 @@ def sf_index(scifact):
     # shuffled, sparse ids: catches any confusion between ids and storage rows
     ids = np.random.default_rng(0).permutation(len(scifact.vectors)).astype(np.int64) * 11 + 5
     idx.add_with_ids(scifact.vectors, ids, keys=scifact.keys)
-    return idx
+    # Qdrant scores every doc sharing a latent with the query code exactly: compare with the exact engine
+    return idx.set_engine("inverted")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def edge(sf_index, tmp_path_factory):
 
 def subset_index(index: CSRIndex, scifact, n: int) -> CSRIndex:
     """The first n docs under the same adapter (no retraining)."""
-    sub = CSRIndex.from_encoder(index.encoder, store_vectors=True)
+    sub = CSRIndex.from_encoder(index.encoder, store_vectors=True, engine="inverted")  # exact, as Qdrant
     sub.add_with_ids(scifact.vectors[:n], np.arange(n, dtype=np.int64) * 3 + 1, keys=scifact.keys[:n])
     return sub
 

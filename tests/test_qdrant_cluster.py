@@ -59,7 +59,7 @@ def encoder(scifact):
 @pytest.fixture(scope="module")
 def index(encoder, scifact):
     """The same documents in a local CSRIndex: ids = row numbers, as export_parquet assigns them."""
-    idx = CSRIndex.from_encoder(encoder, store_vectors=True)
+    idx = CSRIndex.from_encoder(encoder, store_vectors=True, engine="inverted")  # exact, as Qdrant's code search
     idx.add(scifact.vectors, keys=scifact.keys)
     return idx
 

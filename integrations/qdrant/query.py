@@ -9,8 +9,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm import tqdm
 
+from csr_index.progress import progress_bar
 from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_search_metadata
@@ -141,7 +141,7 @@ def search(
     sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
     D = np.full((nq, plan.limit), -np.inf, dtype=np.float32)
     I = np.full((nq, plan.limit), -1, dtype=np.int64)
-    with tqdm(total=nq, disable=not progress, unit="q", desc=f"search {where}") as bar:
+    with progress_bar(total=nq, show=progress, unit="q", desc=f"search {where}") as bar:
         for s in range(0, nq, batch_size):
             e = min(nq, s + batch_size)
             dense = xq_prepared[s:e] if hybrid or server else None

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from csr_index.progress import progress_bar
 from csr_index.validation import check_positive
 
 from .layout import Storage
@@ -215,7 +215,7 @@ def export_parquet(
 
     uploaded = skipped = 0
     row0 = 0
-    with tqdm(total=total, disable=not progress, unit="pt", desc=f"export to {where}") as bar:
+    with progress_bar(total=total, show=progress, unit="pt", desc=f"export to {where}") as bar:
         for path in files:
             # buffered page reads instead of pre-buffering whole column chunks: a file written as one
             # row group is not loaded at once (pypi-100k: 96 instead of 163 MB to read it)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
+from csr_index.progress import progress_bar
 from csr_index.codes import SparseCodes
 
 from .layout import Storage
@@ -250,7 +250,7 @@ def export_codes(
         return len(rows), skipped
 
     uploaded = skipped = 0
-    with tqdm(total=n, disable=not progress, unit="pt", desc=f"export to {where}") as bar:
+    with progress_bar(total=n, show=progress, unit="pt", desc=f"export to {where}") as bar:
         for sent, skip in run_all(run_batch, range(0, n, batch_size), parallel):
             uploaded += sent
             skipped += skip
