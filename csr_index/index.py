@@ -617,6 +617,16 @@ class CSRIndex:
         """The manifest of a saved index (config, counts, dtypes, files), without loading it."""
         return read_manifest(path)
 
+    # ------------------------------------------- sentence-transformers glue (see that integration)
+    @classmethod
+    def from_sentence_transformers(cls, path: str | os.PathLike, **kwargs: Any) -> "CSRIndex":
+        """A trained, empty index from a sentence-transformers CSR model directory (SparseEncoder or
+        SparseAutoEncoder): code scores rank as ST does. See
+        :func:`csr_index.integrations.sentence_transformers.index_from_sentence_transformers`."""
+        from csr_index.integrations.sentence_transformers.glue import index_from_sentence_transformers
+
+        return index_from_sentence_transformers(path, index_cls=cls, **kwargs)
+
 
 def _inverse(norms: np.ndarray) -> np.ndarray:
     """1 / norm, with 0 for an all-zero code (it then scores 0 against everything)."""
