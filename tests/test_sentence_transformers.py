@@ -28,7 +28,7 @@ from sentence_transformers.base.modules import Normalize, Transformer  # noqa: E
 from sentence_transformers.sentence_transformer.modules import Pooling  # noqa: E402
 from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder  # noqa: E402
 
-from csr_index import CSRConfig, CSRIndex  # noqa: E402
+from csr_index import CSRConfig, CSRIndex, NotTrainedError  # noqa: E402
 from csr_index.cli.main import main  # noqa: E402
 from csr_index.integrations import sentence_transformers as cst  # noqa: E402
 
@@ -206,6 +206,8 @@ def test_import_refuses_what_it_cannot_reproduce(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither"):
         cst.load_sparse_autoencoder(tmp_path / "empty")
+    with pytest.raises(NotTrainedError):
+        cst.export_index(CSRIndex(8), tmp_path / "untrained")
 
 
 def test_import_reads_pipelines_and_legacy_csrsparsity(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from csr_index.config import CSRConfig
+from csr_index.errors import NotTrainedError
 from csr_index.index import CSRIndex
 
 from ._deps import UnsupportedModelError
@@ -84,7 +85,9 @@ def export_index(index: CSRIndex, path: str | os.PathLike, base_model: str | os.
     (the library default) ST keeps the encoder's values, which the index re-solves. ST has no
     latent (IDF) weights: its similarity is the index's code score with ``idf_weights=False``.
     """
-    adapter = index._require_trained()
+    adapter = index.adapter
+    if adapter is None:
+        raise NotTrainedError("this CSRIndex is not trained: nothing to export")
     if index.config.refit:
         log.warning("this index encodes with refit=True: ST's codes have the same latents but the encoder's "
                     "values, not the re-fitted ones this index stores")

@@ -44,7 +44,8 @@ def load_text_model(path: str | os.PathLike, device: str | None = "cpu") -> Any:
         log.warning("%s has no modules.json: sentence-transformers adds mean pooling to the bare transformer", root)
     elif modules and str(modules[-1]["type"]).rsplit(".", 1)[-1] in SAE_CLASSES:
         sparse = st.SparseEncoder(str(root), device=device, local_files_only=True)
-        dense = st.SentenceTransformer(modules=list(sparse)[:-1], device=device)
+        dense = st.SentenceTransformer(modules=list(sparse)[:-1], device=device, prompts=sparse.prompts,
+                                       default_prompt_name=sparse.default_prompt_name)
         log.info("loaded the dense part of SparseEncoder %s", root)
         return dense
     model = st.SentenceTransformer(str(root), device=device, local_files_only=True)
@@ -59,13 +60,16 @@ def embed_texts(
     batch_size: int = 64,
     progress: bool = False,
     normalize: bool = False,
+    prompt_name: str | None = None,
     device: str | None = "cpu",
 ) -> np.ndarray:
     """Embed ``texts`` with ``model`` (a loaded SentenceTransformer or a local model directory,
     see :func:`load_text_model`) in batches of ``batch_size``; float32 (n, d).
 
     ``normalize`` L2-normalises the embeddings (as ST's ``normalize_embeddings``); models that
-    end with a Normalize module (e.g. all-MiniLM-L6-v2) already do. ``progress`` shows a tqdm bar.
+    end with a Normalize module (e.g. all-MiniLM-L6-v2) already do. ``prompt_name`` picks one of
+    the model's prompts (e.g. ``"query"``, as ST's ``encode_query``); by default its default prompt,
+    if any. ``progress`` shows a tqdm bar.
     """
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, not one string")
@@ -84,7 +88,7 @@ def embed_texts(
             batch = texts[start : start + chunk]
             parts.append(np.asarray(model.encode(
                 batch, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True,
-                normalize_embeddings=normalize,
+                normalize_embeddings=normalize, prompt_name=prompt_name,
             ), dtype=np.float32))
             bar.update(len(batch))
     if not parts:
