@@ -21,6 +21,7 @@ from csr_index.cli.common import (
     result_labels,
     setup_logging,
 )
+from csr_index.cli.text import read_inputs, text_options
 from csr_index.evaluation import evaluate_run, read_qrels
 from csr_index.io import EmbeddingFile
 from csr_index.rerank import exact_topn
@@ -55,17 +56,21 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
+@text_options
 def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, steps,
-          max_train, batch_rows, seed, device, quiet):
+          max_train, batch_rows, seed, device, quiet, text_column, text_model, embed_batch_size):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index.
 
     The file is read in batches: training uses a random sample of at most --max-train rows,
     then every row is encoded and added one batch at a time, so memory holds the index, the
-    sample and one batch, never the whole file."""
+    sample and one batch, never the whole file. With --text-column and --model, the Parquet
+    file's text is embedded first (all of it, in memory)."""
     setup_logging(quiet)
+    text = text_column is not None or text_model is not None
+    source = read_inputs(embeddings, column, id_column, text_column, text_model, embed_batch_size, quiet) if text else None
     out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
-        source = EmbeddingFile(embeddings, column, id_column)
+        source = EmbeddingFile(embeddings, column, id_column) if source is None else source
         config = CSRConfig(steps=steps, seed=seed, device=device, nested_k=nested_k,
                            max_train=max_train if max_train > 0 else None)
         index = CSRIndex(source.dim, k=k, h=h, k_doc=k_doc, metric=metric, store_vectors=store_vectors,
@@ -93,11 +98,14 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")
 @click.option("--quiet", is_flag=True)
-def search(index_path, queries, topk, query_k, score, rerank, column, id_column, as_json, quiet):
-    """Search INDEX_PATH with the vectors in QUERIES; prints query, rank, id, score."""
+@text_options
+def search(index_path, queries, topk, query_k, score, rerank, column, id_column, as_json, quiet, text_column, text_model,
+           embed_batch_size):
+    """Search INDEX_PATH with the vectors in QUERIES (or its --text-column embedded with --model);
+    prints query, rank, id, score."""
     setup_logging(quiet)
     index = load_index(index_path, quiet)
-    emb = read_vectors(queries, column, id_column)
+    emb = read_inputs(queries, column, id_column, text_column, text_model, embed_batch_size, quiet)
     try:
         D, I = index.search(emb.vectors, topk, query_k=query_k, score=score, rerank=rerank)
     except (ValueError, TypeError) as exc:
@@ -116,11 +124,15 @@ def search(index_path, queries, topk, query_k, score, rerank, column, id_column,
 @click.option("--column", default="embedding", show_default=True)
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(index_path, queries, qrels, corpus, query_k, column, id_column, quiet):
-    """NDCG@10 and Recall@100 of each scoring mode, beside exact dense search."""
+@text_options
+def evaluate(index_path, queries, qrels, corpus, query_k, column, id_column, quiet, text_column, text_model,
+             embed_batch_size):
+    """NDCG@10 and Recall@100 of each scoring mode, beside exact dense search.
+
+    With --text-column and --model the queries' text is embedded (--corpus stays vectors)."""
     setup_logging(quiet)
     index = load_index(index_path, quiet)
-    emb = read_vectors(queries, column, id_column)
+    emb = read_inputs(queries, column, id_column, text_column, text_model, embed_batch_size, quiet)
     try:
         labels = read_qrels(qrels)
     except ValueError as exc:

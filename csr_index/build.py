@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import EmbeddingFile
+from .io import EmbeddingFile, Embeddings
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -20,9 +20,10 @@ __all__ = ["build_from_file"]
 log = logging.getLogger(__name__)
 
 
-def build_from_file(index: "CSRIndex", source: EmbeddingFile, batch_rows: int = 65_536, progress: bool = False,
+def build_from_file(index: "CSRIndex", source: EmbeddingFile | Embeddings, batch_rows: int = 65_536, progress: bool = False,
                     on_phase: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Train ``index`` on a random sample of at most ``config.max_train`` rows of ``source``, then
+    """Train ``index`` on a random sample of at most ``config.max_train`` rows of ``source`` (a file
+    read in batches, or vectors already in memory), then
     encode and add every row, one batch of ``batch_rows`` at a time, and merge the segments.
 
     Integer ids in the file become the index's ids, string ids its keys. Memory holds the

@@ -140,8 +140,7 @@ class CSRIndex:
 
     def reset(self) -> None:
         """Remove every stored vector; the trained adapter is kept (as faiss ``reset``)."""
-        with self._store.lock:
-            self._store.replace([], [])
+        self._store.replace([], [])
 
     def compact(self) -> None:
         """Merge all segments into one and drop deleted rows (also fine to never call)."""
@@ -190,10 +189,9 @@ class CSRIndex:
 
     # ---------------------------------------------------------------- search
     def set_engine(self, engine: str = "auto", **options: Any) -> "CSRIndex":
-        """Choose the engine each segment searches with, and its options (see
-        :mod:`csr_index.engines`): ``"auto"`` (torch on CUDA, else ``"pruned"``: a sparse
-        shortlist), or by name ``"pruned"``, ``"inverted"`` (exact), ``"torch"``, ``"scipy"``.
-        Built at the next search; not saved with the index. Returns ``self``."""
+        """Choose the engine (and its options, see :mod:`csr_index.engines`) each segment searches with:
+        ``"auto"`` (torch on CUDA, else ``"pruned"``, a sparse shortlist), ``"pruned"``, ``"inverted"``
+        (exact), ``"torch"``, ``"scipy"``. Built at the next search, not saved. Returns ``self``."""
         resolve_engine_name(engine, options.get("device", "cpu"))
         self._engine_spec = (engine, tuple(sorted(options.items())))
         return self
@@ -208,9 +206,9 @@ class CSRIndex:
         index's k): the posting lists a shortlist reads, and in ``"code"`` the query code
         itself. ``rerank``: re-score the best ``rerank`` of the shortlist exactly against the
         originals; default ``max(100, 10 * topk)`` when they are stored, else 0 (off).
-        ``D`` is the last stage's score: cosine (or inner product under metric='ip') with
-        the original when re-ranked or exact, else the chosen code-space score.
-        Returns ``D`` float32 (nq, topk), descending, and ``I`` int64 (nq, topk), padded with (-inf, -1).
+        Returns ``D`` float32 (nq, topk), descending — the last stage's score: cosine (inner product
+        under 'ip') with the originals when re-ranked or exact, else the code-space score — and
+        ``I`` int64 (nq, topk), padded with (-inf, -1).
         """
         if topk is not None and k is not None and topk != k:
             raise ValueError(f"topk={topk} and k={k} both give the number of results; pass one "
@@ -260,16 +258,14 @@ class CSRIndex:
         return index_stats(self, self._store.snapshot)
 
     # ------------------------------------------------------------ persistence
-    def _settings(self) -> dict[str, Any]:
-        return {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
-
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to the directory ``path`` atomically; only new segments' files are written
         when ``path`` already holds an earlier save (see :mod:`csr_index.storage`)."""
         self.encoder.require_trained()
+        settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
         with self._store.lock:
             snap = self._store.snapshot
-            write_index(path, self.encoder, self._settings(), snap.segments, snap.deleted)
+            write_index(path, self.encoder, settings, snap.segments, snap.deleted)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSRIndex":
@@ -294,3 +290,11 @@ class CSRIndex:
     def describe(path: str | os.PathLike) -> dict[str, Any]:
         """The manifest of a saved index (settings, counts, files), without loading it."""
         return read_manifest(path)
+
+    @classmethod
+    def from_sentence_transformers(cls, path: str | os.PathLike, **kwargs: Any) -> "CSRIndex":
+        """A trained, empty index whose adapter is a sentence-transformers CSR model (see
+        :func:`csr_index.integrations.sentence_transformers.index_from_sentence_transformers`)."""
+        from csr_index.integrations.sentence_transformers import index_from_sentence_transformers
+
+        return index_from_sentence_transformers(path, index_cls=cls, **kwargs)

@@ -24,6 +24,21 @@ class Embeddings:
     table: pa.Table | None = None
     """The other columns of a Parquet source (e.g. text), for payloads."""
 
+    # the reading interface of EmbeddingFile, so a build can take vectors already in memory
+    num_rows = property(lambda self: len(self.vectors))
+    dim = property(lambda self: self.vectors.shape[1] if self.vectors.ndim == 2 else 0)
+
+    def rows(self, rows: np.ndarray, batch_rows: int = 0) -> np.ndarray:
+        """The vectors of the given rows."""
+        return self.vectors[np.asarray(rows, dtype=np.int64)]
+
+    def batches(self, batch_rows: int = 65_536) -> Iterator["Embeddings"]:
+        """Consecutive batches of about ``batch_rows`` rows (vectors, ids or keys only)."""
+        for s in range(0, len(self.vectors), batch_rows):
+            yield Embeddings(self.vectors[s : s + batch_rows],
+                             None if self.ids is None else self.ids[s : s + batch_rows],
+                             None if self.keys is None else self.keys[s : s + batch_rows])
+
 
 class EmbeddingFile:
     """A ``.npy`` file or a Parquet column of vectors, read whole, in batches, or by rows.

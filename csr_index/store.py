@@ -97,8 +97,9 @@ class RowStore:
         self.snapshot = state["snapshot"]
 
     def replace(self, segments: list[Segment], deleted: list[np.ndarray | None]) -> None:
-        """Install new contents (e.g. after ``load``); callers hold ``lock`` when others may write."""
-        self.snapshot = Snapshot(tuple(segments), tuple(deleted))
+        """Install new contents (e.g. after ``load``, or none for ``reset``)."""
+        with self.lock:
+            self.snapshot = Snapshot(tuple(segments), tuple(deleted))
 
     def add(self, segment: Segment, replace_existing: bool = False) -> int:
         """Append ``segment``; its ids must be new unless ``replace_existing``, which deletes the

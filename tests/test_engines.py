@@ -28,7 +28,7 @@ EXACT = [
     ("scipy", {}),
     ("inverted", {}),
     ("inverted", {"threads": 1}),
-    ("pruned", {"query_cut": None, "list_cut": None, "candidates": None}),
+    ("pruned", {"query_cut": None, "list_cut": None, "candidates": None, "full_scan_below": 0}),
     ("torch", {"device": "cpu"}),
 ]
 # ... and on queries with a dense part (a shortlist engine only reaches docs sharing a term)
@@ -201,7 +201,8 @@ def test_float16_values_are_exact_for_float16_codes(queries):
     assert engine.postings.vals.dtype == np.uint16
     D, rows = engine.search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
-    D, rows = make_engine("pruned", docs, values="float16", query_cut=None, candidates=None).search(sparse(queries), 10)
+    D, rows = make_engine("pruned", docs, values="float16", query_cut=None, candidates=None,
+                          full_scan_below=0).search(sparse(queries), 10)
     assert_matches(D, rows, reference(queries, docs), 10)
 
 
@@ -264,7 +265,7 @@ def clustered():
 def test_pruned_reports_exact_scores_and_high_recall(clustered):
     docs, q = clustered
     ref = reference(q, docs)
-    engine = make_engine("pruned", docs, list_cut=400, candidates=200)
+    engine = make_engine("pruned", docs, list_cut=400, candidates=200, full_scan_below=0)
     D, rows = engine.search(sparse(q), 10)
     ok = rows >= 0
     got = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
@@ -280,7 +281,7 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
     truth = np.argsort(-reference(q, docs), axis=1)[:, :10]
 
     def recall(**opts) -> float:
-        rows = make_engine("pruned", docs, **opts).search(sparse(q), 10)[1]
+        rows = make_engine("pruned", docs, full_scan_below=0, **opts).search(sparse(q), 10)[1]
         return float(np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)]))
 
     tight = recall(query_cut=1, list_cut=20, candidates=10)
@@ -293,11 +294,13 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     q = np.random.default_rng(9).standard_normal((10, H)).astype(np.float32)
     ref = reference(q, docs, scale)
     batch = dense(q, terms=H)  # every positive coordinate is a term
-    D, rows = make_engine("pruned", docs, query_cut=None, candidates=None).search(batch, 10, scale)
+    D, rows = make_engine("pruned", docs, query_cut=None, candidates=None, full_scan_below=0).search(batch, 10, scale)
     # the shortlist holds every doc sharing a positive term, each scored exactly with the dense query
     reachable = (q > 0).astype(float) @ (docs.to_dense() != 0).T.astype(float) > 0
     assert_matches(D, rows, np.where(reachable, ref, -np.inf), 10)
-    D, rows = make_engine("pruned", docs, candidates=50).search(batch, 10, scale)
+    D, rows = make_engine("pruned", docs, candidates=50, full_scan_below=0).search(batch, 10, scale)
+    full = make_engine("pruned", docs, candidates=50).search(batch, 10, scale)  # 700 docs: below the full-scan size
+    assert_matches(*full, ref, 10)
     found = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
     np.testing.assert_allclose(D[rows >= 0], found[rows >= 0], rtol=1e-4, atol=1e-4)  # exact scores
 

@@ -27,6 +27,8 @@ class PrunedEngine(InvertedIndexEngine):
     Returned scores are exact; recall depends on the terms and the three knobs and is
     measured in ``benchmarks/speed.py``. With every knob ``None`` and no dense part the
     engine is exact; with a dense part only docs sharing a latent with the terms are found.
+    Below ``full_scan_below`` docs (a small segment, e.g. the latest few adds) a shortlist saves
+    nothing, and the engine scores every doc exactly instead, as Qdrant's full-scan threshold does.
     """
 
     name = "pruned"
@@ -39,19 +41,23 @@ class PrunedEngine(InvertedIndexEngine):
         query_cut: int | None = 16,
         candidates: int | None = 1000,
         list_cut: int | None = None,
+        full_scan_below: int = 4096,
         threads: int | None = None,
         values: str = "float32",
     ) -> None:
         self.query_cut = check_positive(query_cut, "query_cut", allow_none=True)
         self.candidates = check_positive(candidates, "candidates", allow_none=True)
         self.list_cut = check_positive(list_cut, "list_cut", allow_none=True)
+        self.full_scan_below = int(full_scan_below)
         super().__init__(codes, threads=threads, values=values)
 
     def options(self) -> dict:
         return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,
-                **super().options()}
+                "full_scan_below": self.full_scan_below, **super().options()}
 
     def _search(self, queries, topn, scale, skip):
+        if self.n < self.full_scan_below:
+            return super()._search(queries, topn, scale, skip)
         out_d, out_i = empty_result(queries.n, topn)
         off, sc, sk = self._arrays(queries, scale, skip)
         qptr, qlat, qval = sparse_query_arrays(queries.terms)
