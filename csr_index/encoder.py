@@ -21,6 +21,7 @@ from .config import CSRConfig
 from .errors import NotTrainedError
 from .model import SparseAdapter
 from .progress import progress_bar
+from .sparsify import encode_rows
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive
 
@@ -182,34 +183,52 @@ class CSREncoder:
 
     def encode_prepared(self, xs: np.ndarray, k: int, refit: bool | None = None) -> tuple[SparseCodes, np.ndarray]:
         """Codes (float32 values) of prepared vectors at ``k`` latents, and the L2 norms of
-        their reconstructions (float32, n). ``refit`` defaults to ``config.refit``."""
+        their reconstructions (float32, n). ``refit`` defaults to ``config.refit``.
+
+        Each batch is one product to pre-activations (torch), then on a CPU the compiled
+        per-row kernel of :mod:`csr_index.sparsify` (top-k, refit, norms); on a GPU, or above
+        GRAM_MAX_H, the same steps in torch."""
         adapter = self.require_trained()
         refit = self.config.refit if refit is None else refit
         tables = self._gram_tables()
+        compiled = tables is not None and self.device.type == "cpu"
+        with torch.inference_mode():
+            shift = adapter.latent_bias - adapter.W @ adapter.pre_bias
         step = self.batch_size(k)
         idx_parts, val_parts, norm_parts = [], [], []
         starts = range(0, len(xs), step)
         show = self.progress and len(xs) > 10 * step
         with torch.inference_mode():
             for s in progress_bar(starts, show, desc="encoding", unit="batch"):
-                xb = self._tensor(xs[s : s + step])
-                pre = adapter.preactivations(xb)
-                values, indices = adapter.topk(pre, k)
-                if tables is None:
-                    if refit:
-                        values, indices, _ = adapter.refit(pre, indices, adapter.support_gram(indices))
-                    norms = adapter.decode(values, indices).norm(dim=1)
-                else:  # one gather of W_S W_S^T serves the refit and the norms
-                    g = adapter.support_gram(indices, tables[0])
-                    if refit:
-                        values, indices, order = adapter.refit(pre, indices, g)
-                        g = g.gather(1, order.unsqueeze(2).expand_as(g)).gather(2, order.unsqueeze(1).expand_as(g))
-                    norms = adapter.code_norms(values, indices, g, tables[1])
-                norm_parts.append(norms.cpu().numpy())
-                idx_parts.append(indices.cpu().numpy().astype(index_dtype(self.h)))
-                val_parts.append(values.cpu().numpy())
+                pre = torch.addmm(shift, self._tensor(xs[s : s + step]), adapter.W.T)  # = preactivations, one pass
+                if compiled:
+                    gram, w_bias = tables
+                    indices, values, norms = encode_rows(
+                        pre.numpy(), k, gram.numpy(), adapter.latent_bias.numpy(), w_bias.numpy(),
+                        float(adapter.pre_bias.pow(2).sum()), refit, index_dtype=index_dtype(self.h))
+                else:
+                    values, indices, norms = self._encode_torch(adapter, pre, k, refit, tables)
+                idx_parts.append(indices)
+                val_parts.append(values)
+                norm_parts.append(norms)
         codes = SparseCodes(np.concatenate(idx_parts), np.concatenate(val_parts), self.h)
         return codes, np.concatenate(norm_parts).astype(np.float32)
+
+    def _encode_torch(self, adapter: SparseAdapter, pre: torch.Tensor, k: int, refit: bool,
+                      tables: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One batch's (values, indices, norms) from its pre-activations, in torch (any device)."""
+        values, indices = adapter.topk(pre, k)
+        if tables is None:
+            if refit:
+                values, indices, _ = adapter.refit(pre, indices, adapter.support_gram(indices))
+            norms = adapter.decode(values, indices).norm(dim=1)
+        else:  # one gather of W_S W_S^T serves the refit and the norms
+            g = adapter.support_gram(indices, tables[0])
+            if refit:
+                values, indices, order = adapter.refit(pre, indices, g)
+                g = g.gather(1, order.unsqueeze(2).expand_as(g)).gather(2, order.unsqueeze(1).expand_as(g))
+            norms = adapter.code_norms(values, indices, g, tables[1])
+        return (values.cpu().numpy(), indices.cpu().numpy().astype(index_dtype(self.h)), norms.cpu().numpy())
 
     def encode(self, x: Any, k: int | None = None) -> SparseCodes:
         """k-sparse codes (float32 values) of vectors ``x`` (n, d); ``k`` defaults to the encoder's k."""

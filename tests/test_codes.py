@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from csr_index import CSRIndex, SparseCodes
@@ -253,3 +254,19 @@ def test_float16_overflow_is_refused_or_handled(make_index, corpus, tmp_path):
     assert (I[:, 0] >= 0).all()
     index.save(tmp_path / "ix")
     assert CSRIndex.load(tmp_path / "ix").ntotal == 5
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_compiled_encoding_equals_the_torch_reference(filled_index, corpus, refit):
+    """The CPU kernel (csr_index.sparsify) and the torch path (GPUs) give the same codes and norms."""
+    enc = filled_index.encoder
+    xs = enc.prepare(corpus)
+    codes, norms = enc.encode_prepared(xs, enc.k, refit=refit)
+    with torch.inference_mode():
+        pre = enc.adapter.preactivations(torch.from_numpy(xs))
+        values, indices, ref_norms = enc._encode_torch(enc.adapter, pre, enc.k, refit, enc._gram_tables())
+    assert all(set(a) == set(b) for a, b in zip(codes.indices.tolist(), indices.tolist()))
+    np.testing.assert_allclose(np.sort(codes.values, 1), np.sort(values, 1), atol=1e-5)
+    assert (np.diff(codes.values, axis=1) <= 0).all(), "slots sorted by descending value"
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(norms, np.linalg.norm(enc.decode(codes), axis=1), rtol=1e-4, atol=1e-5)

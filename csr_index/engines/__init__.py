@@ -80,9 +80,10 @@ def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
 def warm_up() -> float:
     """Compile (first run in a fresh environment, 10-30 s) or load from numba's on-disk cache the
     kernels of the default search path — the pruned and inverted engines, one query and a
-    threaded batch, and the float16 re-rank — so that cost is paid here, visibly, not by the
+    threaded batch, the float16 re-rank — and of encoding, so that cost is paid here, visibly, not by the
     first search. Returns the seconds it took."""
     from ..rerank import rerank_topn
+    from ..sparsify import encode_rows
 
     start = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -95,6 +96,9 @@ def warm_up() -> float:
                 make_engine(name, docs, threads=2).search(batch, 5, np.ones(64, np.float32), np.zeros(64, np.uint8))
         rerank_topn(rng.random((nq, 8), np.float32), np.zeros((nq, 4), np.int64), rng.random((64, 8)).astype(np.float16),
                     2, threads=2)
+    gram = rng.random((16, 16), np.float32)
+    encode_rows(rng.random((300, 16), np.float32), 4, gram @ gram.T + np.eye(16, dtype=np.float32),
+                np.zeros(16, np.float32), np.zeros(16, np.float32), 0.0, refit=True)
     seconds = time.perf_counter() - start
     log.info("search kernels ready in %.1f s%s", seconds, " (compiled now; numba caches them for later runs)"
              if seconds > 2 else "")

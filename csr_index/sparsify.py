@@ -1,0 +1,172 @@
+"""Compiled (numba) CPU encoding: from pre-activations to stored codes, one row at a time.
+
+For each row of pre-activations ``pre`` (n, h) — computed by one BLAS product — the kernel
+picks the k largest latents (of ``pre + select``: a selection-only shift, zeros when the
+adapter has none), takes their ReLU'd pre-activations as values or, with ``refit``, solves
+the least-squares values on that support from the (k, k) block of the gram matrix W W^T
+(Cholesky, in float64; negative solutions clipped to 0), sorts the slots by descending value
+and computes the norm of the code's reconstruction from the same block. It is what
+:meth:`SparseAdapter.topk`, :meth:`SparseAdapter.refit` and :meth:`SparseAdapter.code_norms`
+compute with torch (the reference, used on GPUs), without their (n, k, k) intermediates and
+per-call overheads; rows run in parallel over numba's threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["encode_rows"]
+
+
+@njit(cache=True, inline="always")
+def _top_k(row, select, k, idx, key):
+    """Indices of the k largest ``row + select`` into ``idx`` (a min-heap on ``key``), unordered."""
+    has_select = select.shape[0] > 0
+    size = 0
+    for j in range(row.shape[0]):
+        v = row[j] + select[j] if has_select else row[j]
+        if size < k:
+            pos = size
+            size += 1
+            while pos > 0:  # sift up
+                parent = (pos - 1) >> 1
+                if key[parent] <= v:
+                    break
+                key[pos], idx[pos] = key[parent], idx[parent]
+                pos = parent
+            key[pos], idx[pos] = v, j
+        elif v > key[0]:
+            pos = 0
+            while True:  # sift the root's hole down
+                child = 2 * pos + 1
+                if child >= k:
+                    break
+                if child + 1 < k and key[child + 1] < key[child]:
+                    child += 1
+                if key[child] >= v:
+                    break
+                key[pos], idx[pos] = key[child], idx[child]
+                pos = child
+            key[pos], idx[pos] = v, j
+
+
+@njit(cache=True, inline="always")
+def _cholesky_solve(a, b, k):
+    """Solve a x = b in place (b becomes x) for symmetric positive definite ``a`` (k, k), whose
+    lower triangle is overwritten; False when ``a`` is not positive definite."""
+    for j in range(k):
+        s = a[j, j]
+        for t in range(j):
+            s -= a[j, t] * a[j, t]
+        if s <= 0.0:
+            return False
+        d = np.sqrt(s)
+        a[j, j] = d
+        for i in range(j + 1, k):
+            s = a[i, j]
+            for t in range(j):
+                s -= a[i, t] * a[j, t]
+            a[i, j] = s / d
+    for i in range(k):  # L y = b
+        s = b[i]
+        for t in range(i):
+            s -= a[i, t] * b[t]
+        b[i] = s / a[i, i]
+    for i in range(k - 1, -1, -1):  # L^T x = y
+        s = b[i]
+        for t in range(i + 1, k):
+            s -= a[t, i] * b[t]
+        b[i] = s / a[i, i]
+    return True
+
+
+@njit(cache=True)
+def _encode_chunk(r0, r1, pre, select, k, refit, ridge, gram, latent_bias, w_bias, bias_sq, out_idx, out_val, out_norm):
+    idx = np.empty(k, dtype=np.int64)
+    key = np.empty(k, dtype=np.float32)
+    g = np.empty((k, k), dtype=np.float64)
+    chol = np.empty((k, k), dtype=np.float64)
+    val = np.empty(k, dtype=np.float64)
+    for r in range(r0, r1):
+        row = pre[r]
+        _top_k(row, select, k, idx, key)
+        for a in range(k):
+            ia = idx[a]
+            for b in range(a + 1):
+                g[a, b] = gram[ia, idx[b]]
+                g[b, a] = g[a, b]
+        if refit:
+            for a in range(k):
+                val[a] = row[idx[a]] - latent_bias[idx[a]]
+                for b in range(a + 1):
+                    chol[a, b] = g[a, b]
+                chol[a, a] += ridge
+            if not _cholesky_solve(chol, val, k):  # numerically singular support: LU on the full block
+                rhs = np.empty(k, dtype=np.float64)
+                for a in range(k):
+                    rhs[a] = row[idx[a]] - latent_bias[idx[a]]
+                    g[a, a] += ridge
+                val[:] = np.linalg.solve(g, rhs)
+                for a in range(k):
+                    g[a, a] -= ridge
+        else:
+            for a in range(k):
+                val[a] = row[idx[a]]
+        for a in range(k):
+            if val[a] < 0.0:
+                val[a] = 0.0
+        quad = bias_sq
+        for a in range(k):
+            if val[a] != 0.0:
+                cross = 0.0
+                for b in range(k):
+                    cross += g[a, b] * val[b]
+                quad += val[a] * (cross + 2.0 * w_bias[idx[a]])
+        out_norm[r] = np.sqrt(max(quad, 0.0))
+        for a in range(1, k):  # insertion sort by descending value (k is small; no allocation)
+            v, i = val[a], idx[a]
+            b = a - 1
+            while b >= 0 and val[b] < v:
+                val[b + 1], idx[b + 1] = val[b], idx[b]
+                b -= 1
+            val[b + 1], idx[b + 1] = v, i
+        for a in range(k):
+            out_idx[r, a] = idx[a]
+            out_val[r, a] = val[a]
+
+
+@njit(cache=True, parallel=True)
+def _encode_parallel(nchunks, pre, select, k, refit, ridge, gram, latent_bias, w_bias, bias_sq, out_idx, out_val,
+                     out_norm):
+    n = pre.shape[0]
+    for c in prange(nchunks):
+        _encode_chunk(c * n // nchunks, (c + 1) * n // nchunks, pre, select, k, refit, ridge, gram, latent_bias,
+                      w_bias, bias_sq, out_idx, out_val, out_norm)
+
+
+def encode_rows(pre: np.ndarray, k: int, gram: np.ndarray, latent_bias: np.ndarray, w_bias: np.ndarray,
+                bias_sq: float, refit: bool, select: np.ndarray | None = None, ridge: float = 1e-4,
+                index_dtype: np.dtype = np.dtype(np.uint16)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes of pre-activations ``pre`` (n, h) float32: latent indices (n, k) ``index_dtype``,
+    values (n, k) float32 sorted descending, and reconstruction norms (n,) float32.
+
+    ``gram`` = W W^T (h, h), ``w_bias`` = W pre_bias (h,), ``bias_sq`` = ||pre_bias||^2;
+    ``select`` (h,) shifts the selection only (None: none); ``refit`` solves the values by
+    least squares on the support (ridge ``ridge``) instead of keeping the pre-activations.
+    """
+    pre = np.ascontiguousarray(pre, dtype=np.float32)
+    n = pre.shape[0]
+    out_idx = np.empty((n, k), dtype=index_dtype)
+    out_val = np.empty((n, k), dtype=np.float32)
+    out_norm = np.empty(n, dtype=np.float32)
+    shift = np.empty(0, np.float32) if select is None else np.ascontiguousarray(select, dtype=np.float32)
+    args = (pre, shift, k, bool(refit), float(ridge), gram, latent_bias, w_bias, float(bias_sq), out_idx, out_val,
+            out_norm)
+    nchunks = min(numba.get_num_threads(), max(1, n // 256))
+    if nchunks <= 1:
+        _encode_chunk(0, n, *args)
+    else:
+        _encode_parallel(nchunks, *args)
+    return out_idx, out_val, out_norm
