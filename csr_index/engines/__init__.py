@@ -97,7 +97,7 @@ def warm_up() -> float:
         rerank_topn(rng.random((nq, 8), np.float32), np.zeros((nq, 4), np.int64), rng.random((64, 8)).astype(np.float16),
                     2, threads=2)
     gram = rng.random((16, 16), np.float32)
-    encode_rows(rng.random((300, 16), np.float32), 4, gram @ gram.T + np.eye(16, dtype=np.float32),
+    encode_rows(rng.random((600, 16), np.float32), 4, gram @ gram.T + np.eye(16, dtype=np.float32),
                 np.zeros(16, np.float32), np.zeros(16, np.float32), 0.0, refit=True)
     seconds = time.perf_counter() - start
     log.info("search kernels ready in %.1f s%s", seconds, " (compiled now; numba caches them for later runs)"
