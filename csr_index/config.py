@@ -74,6 +74,25 @@ class CSRConfig:
     least squares (non-negative), which lowers the reconstruction error of the stored codes."""
     idf_weights: bool = True
     """Code x code scoring weighs each latent by sqrt(IDF) over the training codes (hub latents count less)."""
+    balance_cap: float | None = None
+    """Soft-capped load balancing of the TopK support. A latent active in more than
+    ``balance_cap * k / h`` of a training batch's codes (``balance_cap`` times its share under
+    uniform use) has its ``selection_bias`` lowered by ``balance_step``; other latents' biases
+    relax back towards 0. The bias only changes which latents are picked, not their values, and
+    it is kept in the adapter, so indexing and queries pick supports the same way. ``None``: off."""
+    balance_step: float = 1e-3
+    """Step of the selection-bias update per training batch (see ``balance_cap``)."""
+    flops_weight: float = 0.0
+    """Weight of the FLOPS regulariser (sum over latents of the squared batch-mean activation);
+    0 disables it."""
+    flops_df: bool = False
+    """Weigh each latent's FLOPS term by its batch firing rate relative to uniform use (DF-FLOPS)."""
+    shortlist_weight: float = 0.0
+    """Weight of the shortlist distillation term: the partial score a sparse shortlist computes
+    (the dense query projection on its ``shortlist_cut`` first latents, against full doc codes)
+    must rank a batch's other vectors as their dense cosines do. 0 disables it."""
+    shortlist_cut: int = 8
+    """Query latents of the shortlist score trained by ``shortlist_weight``."""
     seed: int = 0
     device: str | None = None
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
@@ -93,6 +112,11 @@ class CSRConfig:
             raise ValueError(f"CSRConfig.min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
         if self.contrastive not in ("distill", "infonce"):
             raise ValueError(f"CSRConfig.contrastive must be 'distill' or 'infonce', got {self.contrastive!r}")
+        if self.balance_cap is not None and not self.balance_cap > 0:
+            raise ValueError(f"CSRConfig.balance_cap must be > 0 or None, got {self.balance_cap!r}")
+        for name in ("balance_step", "flops_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"CSRConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("lr", "temperature", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")

@@ -629,8 +629,11 @@ def _empty(nq: int, topk: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _adapter_from_state(state: dict[str, np.ndarray], d: int, h: int, path: Any) -> SparseAdapter:
-    expected = {"W": (h, d), "pre_bias": (d,), "latent_bias": (h,), "latent_weight": (h,)}
+    expected = {"W": (h, d), "pre_bias": (d,), "latent_bias": (h,), "latent_weight": (h,), "selection_bias": (h,)}
     shapes = {name: tuple(arr.shape) for name, arr in state.items()}
+    if "selection_bias" not in shapes:  # indexes saved before load balancing existed: plain TopK
+        state = {**state, "selection_bias": np.zeros(h, dtype=np.float32)}
+        shapes["selection_bias"] = (h,)
     if shapes != expected:
         raise CorruptIndexError(f"{path}: adapter tensors {shapes} do not match {expected}")
     if not all(np.isfinite(arr).all() for arr in state.values()):

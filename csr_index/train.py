@@ -13,10 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import CSRConfig
-from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
+from .losses import auxk_loss, contrastive_loss, distillation_loss, flops_loss, fvu, shortlist_distillation_loss
 from .model import SparseAdapter
 
-__all__ = ["TrainResult", "train_adapter", "resolve_device"]
+__all__ = ["TrainResult", "train_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,39 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def _flops_weights(rates: torch.Tensor, k: int, h: int, config: CSRConfig) -> torch.Tensor | None:
+    """Per-latent weights of the FLOPS term: none (plain FLOPS) or, with ``flops_df``, each latent's
+    firing rate relative to uniform use (k / h), so frequent latents pay more (DF-FLOPS)."""
+    if not config.flops_df:
+        return None
+    return rates * (h / k)
+
+
 def resolve_device(device: str | None) -> torch.device:
     """``None`` means CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def firing_rates(values: torch.Tensor, indices: torch.Tensor, h: int) -> torch.Tensor:
+    """Share (h,) of the batch's codes in which each latent is active (value > 0)."""
+    counts = torch.zeros(h, dtype=values.dtype, device=values.device)
+    counts.index_add_(0, indices.reshape(-1), (values > 0).reshape(-1).to(values.dtype))
+    return counts / values.shape[0]
+
+
+def update_selection_bias(adapter: SparseAdapter, rates: torch.Tensor, k: int, config: CSRConfig) -> None:
+    """One step of soft-capped load balancing of the TopK support.
+
+    A latent active in more than ``balance_cap * k / h`` of the batch's codes has its
+    selection bias lowered by ``balance_step``; every other latent's bias relaxes by the same
+    step back towards 0 (never above). Only hubs are pushed; ordinary latents keep plain TopK.
+    """
+    cap = config.balance_cap * k / adapter.h
+    step = config.balance_step
+    b = adapter.selection_bias
+    b.copy_(torch.where(rates > cap, b - step, (b + step).clamp_max(0.0)))
 
 
 def train_adapter(
@@ -105,7 +133,7 @@ def train_adapter(
         xb = data[idx]
 
         pre = adapter.preactivations(xb)
-        values, indices = adapter.topk(pre, k)
+        values, indices = adapter.topk(pre, k)  # the support honours the selection bias
         x_hat = adapter.decode(values, indices)
         loss_k = fvu(xb, x_hat)
         loss = loss_k
@@ -131,6 +159,13 @@ def train_adapter(
             loss = loss + cfg.gamma * cl
         else:
             cl = torch.zeros(())
+        if cfg.shortlist_weight > 0:
+            cut = min(cfg.shortlist_cut, k)
+            loss = loss + cfg.shortlist_weight * shortlist_distillation_loss(
+                adapter.project(xb), (values, indices), xb, cut, h, cfg.distill_temperature)
+        rates = firing_rates(values.detach(), indices, h)
+        if cfg.flops_weight > 0:
+            loss = loss + cfg.flops_weight * flops_loss(values, indices, h, _flops_weights(rates, k, h, cfg))
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,6 +173,8 @@ def train_adapter(
         sched.step()
 
         with torch.no_grad():
+            if cfg.balance_cap is not None:
+                update_selection_bias(adapter, rates, k, cfg)
             fired = torch.zeros(h, dtype=torch.bool, device=device)
             fired[indices[values > 0]] = True
             since_fired += batch

@@ -1,0 +1,141 @@
+"""Selective codes: the selection bias (soft-capped load balancing) and the FLOPS regulariser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from csr_index import CSRConfig, CSRIndex, SparseAdapter
+from csr_index.losses import flops_loss
+from csr_index.train import firing_rates, train_adapter, update_selection_bias
+
+D, H, K = 32, 128, 8
+
+
+def hubby(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors with a skewed shared component (as text embeddings have): plain TopK training
+    grows a hub latent on it (~40 % of vectors at k = 8, h = 128)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((12, D))
+    u = rng.standard_normal(D)
+    u /= np.linalg.norm(u)
+    x = (centers[rng.integers(0, 12, n)] + 0.5 * rng.standard_normal((n, D))
+         + 3.0 * np.abs(rng.standard_normal((n, 1))) * u)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def busiest_share(adapter: SparseAdapter, x: np.ndarray, k: int = K) -> float:
+    with torch.no_grad():
+        values, indices = adapter.encode(torch.from_numpy(x), k)
+    return float(firing_rates(values, indices, adapter.h).max())
+
+
+def test_selection_bias_moves_the_support_not_the_values():
+    adapter = SparseAdapter(D, H, seed=3).eval()
+    x = torch.from_numpy(hubby(50))
+    with torch.no_grad():
+        pre = adapter.preactivations(x)
+        plain_values, plain_indices = adapter.encode(x, K)
+        assert (plain_values[:, :-1] >= plain_values[:, 1:]).all(), "zero bias: plain TopK, descending"
+        bias = torch.zeros(H)
+        bias[plain_indices[:, 0]] = -10.0  # ban every vector's favourite latent
+        adapter.selection_bias.copy_(bias)
+        values, indices = adapter.encode(x, K)
+    assert not (indices == plain_indices[:, :1]).any(), "a banned latent is never picked"
+    expected = torch.topk(pre + bias, K, dim=1).indices
+    assert torch.equal(indices, expected), "the support is topk(pre + selection_bias), in that order"
+    assert torch.allclose(values, torch.relu(pre.gather(1, indices))), "values are relu(pre), unbiased"
+    with torch.no_grad():
+        short_values, short_indices = adapter.encode(x, K // 2)
+    assert torch.equal(short_indices, indices[:, : K // 2]), "the k'-code is the first k' entries"
+
+
+def test_update_selection_bias_pushes_only_hubs_and_relaxes_to_zero():
+    adapter = SparseAdapter(D, H)
+    config = CSRConfig(balance_cap=4.0, balance_step=0.01)
+    cap = 4.0 * K / H
+    adapter.selection_bias[:3] = torch.tensor([-0.5, -0.005, 0.0])
+    rates = torch.full((H,), cap / 2)
+    rates[0] = rates[2] = 2 * cap  # latents 0 and 2 are hubs, 1 is not
+    update_selection_bias(adapter, rates, K, config)
+    b = adapter.selection_bias
+    assert b[0] == pytest.approx(-0.51) and b[2] == pytest.approx(-0.01), "hubs are pushed down"
+    assert b[1] == 0.0, "a non-hub relaxes towards 0 and stops there"
+    assert (b[3:] == 0).all(), "ordinary latents keep no bias (never positive)"
+
+
+def test_flops_loss_matches_its_definition_and_weights():
+    values = torch.tensor([[0.5, 0.2], [0.4, 0.0], [0.3, 0.1]])
+    indices = torch.tensor([[0, 1], [0, 2], [3, 1]])
+    mean = torch.tensor([0.9, 0.3, 0.0, 0.3]) / 3
+    assert flops_loss(values, indices, 4) == pytest.approx(float((mean ** 2).sum()))
+    w = torch.tensor([2.0, 0.0, 1.0, 1.0])
+    assert flops_loss(values, indices, 4, w) == pytest.approx(float((w * mean ** 2).sum()))
+    rates = firing_rates(values, indices, 4)
+    assert rates.tolist() == pytest.approx([2 / 3, 2 / 3, 0.0, 1 / 3]), "a zero value does not fire"
+
+
+def test_balanced_training_caps_the_hub_latents():
+    """Real training on vectors with a strong shared direction: plain TopK grows hub latents; the
+    soft cap keeps every latent near or below cap * k / h, and reconstruction stays close."""
+    x = hubby(1500)
+    base = dict(steps=300, batch_size=256, warmup_steps=10, seed=0, device="cpu", k=K)
+    plain = train_adapter(x, D, H, CSRConfig(**base))
+    capped = train_adapter(x, D, H, CSRConfig(**base, balance_cap=2.0, balance_step=2e-3))
+    cap = 2.0 * K / H
+    plain_busiest, capped_busiest = busiest_share(plain.adapter, x), busiest_share(capped.adapter, x)
+    assert plain_busiest > 3 * cap, plain_busiest  # the problem exists on this data
+    assert capped_busiest < 1.5 * cap, (capped_busiest, cap)
+    assert capped_busiest < plain_busiest / 2
+    assert (capped.adapter.selection_bias <= 0).all() and (capped.adapter.selection_bias < 0).any()
+    assert capped.fvu < plain.fvu + 0.1, (plain.fvu, capped.fvu)
+
+
+def test_flops_training_lowers_the_busiest_latent():
+    x = hubby(1500)
+    base = dict(steps=300, batch_size=256, warmup_steps=10, seed=0, device="cpu", k=K)
+    plain = train_adapter(x, D, H, CSRConfig(**base))
+    flops = train_adapter(x, D, H, CSRConfig(**base, flops_weight=3.0, flops_df=True))
+    assert busiest_share(flops.adapter, x) < busiest_share(plain.adapter, x)
+
+
+def test_selection_bias_is_saved_and_loaded(tmp_path):
+    x = hubby(600)
+    index = CSRIndex(D, k=K, h=H, config=CSRConfig(steps=60, batch_size=128, warmup_steps=5, device="cpu",
+                                                   balance_cap=2.0, balance_step=5e-3))
+    index.train(x)
+    index.add(x)
+    assert (index.adapter.selection_bias < 0).any()
+    index.save(tmp_path / "a.csr")
+    loaded = CSRIndex.load(tmp_path / "a.csr")
+    assert torch.equal(loaded.adapter.selection_bias, index.adapter.selection_bias)
+    assert np.array_equal(loaded.encode(x[:50]).indices, index.encode(x[:50]).indices)
+    assert np.array_equal(loaded.search(x[:5], 5)[1], index.search(x[:5], 5)[1])
+
+
+def test_indexes_saved_without_a_selection_bias_still_load(tmp_path, monkeypatch):
+    from csr_index import index as index_module
+
+    x = hubby(300)
+    index = CSRIndex(D, k=K, h=H, config=CSRConfig(steps=5, batch_size=128, warmup_steps=2, device="cpu"))
+    index.train(x)
+    index.add(x)
+    real_write = index_module.write_index
+
+    def write_old_format(path, files):  # what a library without load balancing wrote
+        files.adapter.pop("selection_bias")
+        return real_write(path, files)
+
+    monkeypatch.setattr(index_module, "write_index", write_old_format)
+    index.save(tmp_path / "old.csr")
+    loaded = CSRIndex.load(tmp_path / "old.csr")
+    assert (loaded.adapter.selection_bias == 0).all()
+    assert np.array_equal(loaded.search(x[:5], 5)[1], index.search(x[:5], 5)[1])
+
+
+@pytest.mark.parametrize("overrides", [dict(balance_cap=0.0), dict(balance_cap=-1.0), dict(balance_step=-1e-3),
+                                       dict(flops_weight=-1.0)])
+def test_bad_balancing_settings_are_refused(overrides):
+    with pytest.raises(ValueError):
+        CSRConfig(**overrides)
