@@ -8,7 +8,11 @@
   p_q[l] z_d[l] -> best C -> exact asymmetric score (p_q . z_d + x_q . pre_bias) / ||decode(z_d)||
   -> best R re-ranked against the original vectors.
 
-    PYTHONPATH=. python benchmarks/selectivity.py --name base --steps 1000 [--balance-cap 4] ...
+    PYTHONPATH=. python benchmarks/selectivity.py --name cap4 --steps 1000 [--h 3072] [--config '{"balance_cap": 2}']
+    PYTHONPATH=. python benchmarks/selectivity.py --name base1000 --config '{"balance_cap": null}'   # plain TopK
+    ... --update uniform   # the earlier uniform loss-free balancing (b += step * sign(mean - rate))
+
+--config takes JSON overrides of the CSRConfig defaults (balance_cap = 4 by default since this study).
 
 Writes runs/sel/<name>.json (and the adapter as runs/sel/<name>.pt). Single-threaded on purpose
 (shared machine); nothing is timed.

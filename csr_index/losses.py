@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .model import SparseAdapter
 
-__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss", "distillation_loss", "flops_loss", "shortlist_distillation_loss"]
+__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss", "distillation_loss"]
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -89,38 +89,3 @@ def distillation_loss(
     log_p = F.log_softmax(student, dim=1).masked_fill(eye, 0.0)
     return -(torch.softmax(teacher, dim=1) * log_p).sum(1).mean()
 
-
-def flops_loss(
-    values: torch.Tensor, indices: torch.Tensor, h: int, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """SPLADE's FLOPS regulariser on sparse codes: ``sum_l w_l * (mean over the batch of z_l)^2``.
-
-    The mean activation of a latent over the batch is a smooth proxy of how often it fires
-    (its posting list's length); squaring it makes latents that fire on many vectors pay most.
-    ``weights`` (h,), e.g. relative document frequencies (DF-FLOPS), default 1.
-    """
-    mean = values.new_zeros(h).index_add(0, indices.reshape(-1), values.reshape(-1)) / values.shape[0]
-    sq = mean.pow(2)
-    return (sq * weights).sum() if weights is not None else sq.sum()
-
-
-def shortlist_distillation_loss(
-    projected: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, cut: int, h: int,
-    temperature: float,
-) -> torch.Tensor:
-    """Relational distillation of the sparse shortlist score.
-
-    A search reads the posting lists of the query's ``cut`` first latents and scores each doc by
-    ``sum_l p_q[l] z_d[l]`` over them (``p_q = x_q W^T``, the dense projection). For each row i
-    this is the student score against every other row j of the batch; as in
-    :func:`distillation_loss`, its softmax must match that of the dense cosines (self-pairs out).
-    """
-    values, indices = codes
-    z_t = values.new_zeros(values.shape[0], h).scatter(1, indices, values).T.contiguous()  # (h, n)
-    weights = projected.gather(1, indices[:, :cut])
-    student = F.embedding_bag(indices[:, :cut], z_t, per_sample_weights=weights, mode="sum") / temperature
-    xn = F.normalize(x, dim=-1)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    teacher = (xn @ xn.T / temperature).masked_fill(eye, float("-inf"))
-    log_p = F.log_softmax(student.masked_fill(eye, float("-inf")), dim=1).masked_fill(eye, 0.0)
-    return -(torch.softmax(teacher, dim=1) * log_p).sum(1).mean()

@@ -18,8 +18,9 @@ class SparseAdapter(nn.Module):
 
     ``selection_bias`` (h), a buffer, shifts only *which* latents the TopK picks, never their
     values: the support is ``topk(pre + selection_bias)``, the values ``relu(pre)`` there. It is
-    set by training's load balancing (``CSRConfig.balance_cap``) to keep hub latents from
-    firing on most vectors, and is zero otherwise (plain TopK).
+    set by training's load balancing (``CSRConfig.balance_cap``, on by default) to keep hub
+    latents from firing on most vectors, and is zero without it (plain TopK). Indexes saved
+    before it existed load with a zero bias.
     """
 
     def __init__(self, d: int, h: int, seed: int = 0) -> None:

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import CSRConfig
-from .losses import auxk_loss, contrastive_loss, distillation_loss, flops_loss, fvu, shortlist_distillation_loss
+from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
 from .model import SparseAdapter
 
 __all__ = ["TrainResult", "train_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
@@ -31,14 +31,6 @@ class TrainResult:
     fvu: float
     dead_fraction: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _flops_weights(rates: torch.Tensor, k: int, h: int, config: CSRConfig) -> torch.Tensor | None:
-    """Per-latent weights of the FLOPS term: none (plain FLOPS) or, with ``flops_df``, each latent's
-    firing rate relative to uniform use (k / h), so frequent latents pay more (DF-FLOPS)."""
-    if not config.flops_df:
-        return None
-    return rates * (h / k)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -159,13 +151,6 @@ def train_adapter(
             loss = loss + cfg.gamma * cl
         else:
             cl = torch.zeros(())
-        if cfg.shortlist_weight > 0:
-            cut = min(cfg.shortlist_cut, k)
-            loss = loss + cfg.shortlist_weight * shortlist_distillation_loss(
-                adapter.project(xb), (values, indices), xb, cut, h, cfg.distill_temperature)
-        rates = firing_rates(values.detach(), indices, h)
-        if cfg.flops_weight > 0:
-            loss = loss + cfg.flops_weight * flops_loss(values, indices, h, _flops_weights(rates, k, h, cfg))
 
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,8 +158,8 @@ def train_adapter(
         sched.step()
 
         with torch.no_grad():
-            if cfg.balance_cap is not None:
-                update_selection_bias(adapter, rates, k, cfg)
+            if cfg.balance_cap is not None:  # soft-capped load balancing of the support
+                update_selection_bias(adapter, firing_rates(values, indices, h), k, cfg)
             fired = torch.zeros(h, dtype=torch.bool, device=device)
             fired[indices[values > 0]] = True
             since_fired += batch
