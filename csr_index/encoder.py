@@ -169,16 +169,19 @@ class CSREncoder:
                 self._derived["gram"] = self.require_trained().gram()
         return self._derived.get("gram")
 
-    def _query_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _query_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """numpy copies for the query path: W (h, d), pre_bias (d,), and the shift (h,) that turns
-        a projection into pre-activations (``pre = x W^T + latent_bias - W pre_bias``)."""
+        a projection into selection scores (``x W^T + latent_bias - W pre_bias + selection_bias``,
+        the pre-activations plus the selection bias: what picks a code's support) and the
+        selection bias (h,) itself."""
         if "query" not in self._derived:
             a = self.require_trained()
             with torch.inference_mode():
                 W = a.W.detach().cpu().numpy().astype(np.float32)
                 b = a.pre_bias.detach().cpu().numpy().astype(np.float32)
-                shift = (a.latent_bias - a.W @ a.pre_bias).cpu().numpy().astype(np.float32)
-            self._derived["query"] = (np.ascontiguousarray(W), b, shift)
+                shift = (a.latent_bias - a.W @ a.pre_bias + a.selection_bias).cpu().numpy().astype(np.float32)
+                select = a.selection_bias.detach().cpu().numpy().astype(np.float32)
+            self._derived["query"] = (np.ascontiguousarray(W), b, shift, select)
         return self._derived["query"]
 
     def encode_prepared(self, xs: np.ndarray, k: int, refit: bool | None = None) -> tuple[SparseCodes, np.ndarray]:
@@ -194,6 +197,7 @@ class CSREncoder:
         compiled = tables is not None and self.device.type == "cpu"
         with torch.inference_mode():
             shift = adapter.latent_bias - adapter.W @ adapter.pre_bias
+            select = adapter.selection_bias.cpu().numpy() if bool(adapter.selection_bias.any()) else None
         step = self.batch_size(k)
         idx_parts, val_parts, norm_parts = [], [], []
         starts = range(0, len(xs), step)
@@ -205,7 +209,7 @@ class CSREncoder:
                     gram, w_bias = tables
                     indices, values, norms = encode_rows(
                         pre.numpy(), k, gram.numpy(), adapter.latent_bias.numpy(), w_bias.numpy(),
-                        float(adapter.pre_bias.pow(2).sum()), refit, index_dtype=index_dtype(self.h))
+                        float(adapter.pre_bias.pow(2).sum()), refit, select=select, index_dtype=index_dtype(self.h))
                 else:
                     values, indices, norms = self._encode_torch(adapter, pre, k, refit, tables)
                 idx_parts.append(indices)
@@ -218,6 +222,9 @@ class CSREncoder:
                       tables: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One batch's (values, indices, norms) from its pre-activations, in torch (any device)."""
         values, indices = adapter.topk(pre, k)
+        if not refit:  # slots by descending value, as the compiled kernel and refit give them
+            values, order = torch.sort(values, dim=1, descending=True)
+            indices = indices.gather(1, order)
         if tables is None:
             if refit:
                 values, indices, _ = adapter.refit(pre, indices, adapter.support_gram(indices))
@@ -242,14 +249,14 @@ class CSREncoder:
         also the support of each query's k-code (n, k), -1 in slots ReLU empties — the same
         latents :meth:`encode` picks, from the same single product (numpy: for a few queries
         torch's per-call overhead costs more than the product itself)."""
-        W, pre_bias, shift = self._query_tables()
+        W, pre_bias, shift, selection_bias = self._query_tables()
         projected = xs @ W.T
         offset = xs @ pre_bias
         if k is None:
             return projected, offset, None
-        pre = projected + shift
-        support = np.argpartition(-pre, k - 1, axis=1)[:, :k] if k < self.h else np.tile(np.arange(self.h), (len(xs), 1))
-        support[np.take_along_axis(pre, support, axis=1) <= 0] = -1
+        score = projected + shift
+        support = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < self.h else np.tile(np.arange(self.h), (len(xs), 1))
+        support[np.take_along_axis(score - selection_bias, support, axis=1) <= 0] = -1  # ReLU of the unbiased value
         return projected, offset, support
 
     def decode(self, codes: SparseCodes) -> np.ndarray:
@@ -294,7 +301,9 @@ class CSREncoder:
         enc = cls(int(meta["d"]), int(meta["k"]), int(meta["h"]), metric=meta["metric"],
                   config=CSRConfig.from_dict(meta["config"]), progress=progress)
         enc.train_stats = dict(meta.get("train_stats", {}))
-        expected = {name: tuple(t.shape) for name, t in SparseAdapter(enc.d, enc.h).state_dict().items()}
+        blank = SparseAdapter(enc.d, enc.h).state_dict()
+        state = {"selection_bias": blank["selection_bias"].numpy(), **state}  # states from before load balancing
+        expected = {name: tuple(t.shape) for name, t in blank.items()}
         shapes = {name: tuple(arr.shape) for name, arr in state.items()}
         if shapes != expected:
             raise ValueError(f"adapter tensors {shapes} do not match {expected}")

@@ -88,3 +88,4 @@ def distillation_loss(
     student = (code_cosines(codes, codes, h) / temperature).masked_fill(eye, float("-inf"))
     log_p = F.log_softmax(student, dim=1).masked_fill(eye, 0.0)
     return -(torch.softmax(teacher, dim=1) * log_p).sum(1).mean()
+

@@ -15,6 +15,12 @@ class SparseAdapter(nn.Module):
     ``encode(x) = relu(topk((x - pre_bias) @ W.T + latent_bias, k))`` and
     ``decode(z) = z @ W + pre_bias``; one weight ``W`` (h, d) is shared by both.
     Codes are returned as (values, indices) of shape (n, k), never as a dense (n, h) matrix.
+
+    ``selection_bias`` (h), a buffer, shifts only *which* latents the TopK picks, never their
+    values: the support is ``topk(pre + selection_bias)``, the values ``relu(pre)`` there. It is
+    set by training's load balancing (``CSRConfig.balance_cap``, on by default) to keep hub
+    latents from firing on most vectors, and is zero without it (plain TopK). Indexes saved
+    before it existed load with a zero bias.
     """
 
     def __init__(self, d: int, h: int, seed: int = 0) -> None:
@@ -26,6 +32,8 @@ class SparseAdapter(nn.Module):
         self.latent_bias = nn.Parameter(torch.zeros(h))
         # per-latent weight of code x code scoring (sqrt of IDF over the training codes); not trained
         self.register_buffer("latent_weight", torch.ones(h))
+        # added to the pre-activations only to choose the support (load balancing); not trained by gradients
+        self.register_buffer("selection_bias", torch.zeros(h))
 
     @property
     def d(self) -> int:
@@ -43,14 +51,22 @@ class SparseAdapter(nn.Module):
         """``x @ W.T`` (n, h): the dense query side of asymmetric scoring."""
         return x @ self.W.T
 
-    @staticmethod
-    def topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """TopK then ReLU of pre-activations; values (n, k) sorted descending, indices (n, k)."""
-        values, indices = torch.topk(pre, k, dim=-1, sorted=True)
-        return torch.relu(values), indices
+    def topk(self, pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK then ReLU of pre-activations: the k latents of largest ``pre + selection_bias``,
+        in that order (so the first k' < k entries are the k'-code), with values ``relu(pre)``
+        there; values (n, k), indices (n, k). With a zero selection bias the values are descending.
+        """
+        if not bool(self.selection_bias.any()):
+            values, indices = torch.topk(pre, k, dim=-1, sorted=True)
+            return torch.relu(values), indices
+        _, indices = torch.topk(pre + self.selection_bias, k, dim=-1, sorted=True)
+        return torch.relu(pre.gather(-1, indices)), indices
 
     def encode(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k-sparse codes of ``x``: values (n, k) >= 0, descending, and latent indices (n, k)."""
+        """k-sparse codes of ``x``: values (n, k) >= 0 and latent indices (n, k), ordered by
+        selection score (descending values when the selection bias is zero). The one place
+        that picks a code's support: training, indexing and queries all go through it.
+        """
         return self.topk(self.preactivations(x), k)
 
     def gram(self) -> tuple[torch.Tensor, torch.Tensor]:

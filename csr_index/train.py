@@ -16,7 +16,7 @@ from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
 from .model import SparseAdapter
 from .progress import progress_bar
 
-__all__ = ["TrainResult", "train_adapter", "resolve_device"]
+__all__ = ["TrainResult", "train_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,26 @@ def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def firing_rates(values: torch.Tensor, indices: torch.Tensor, h: int) -> torch.Tensor:
+    """Share (h,) of the batch's codes in which each latent is active (value > 0)."""
+    counts = torch.zeros(h, dtype=values.dtype, device=values.device)
+    counts.index_add_(0, indices.reshape(-1), (values > 0).reshape(-1).to(values.dtype))
+    return counts / values.shape[0]
+
+
+def update_selection_bias(adapter: SparseAdapter, rates: torch.Tensor, k: int, config: CSRConfig) -> None:
+    """One step of soft-capped load balancing of the TopK support.
+
+    A latent active in more than ``balance_cap * k / h`` of the batch's codes has its
+    selection bias lowered by ``balance_step``; every other latent's bias relaxes by the same
+    step back towards 0 (never above). Only hubs are pushed; ordinary latents keep plain TopK.
+    """
+    cap = config.balance_cap * k / adapter.h
+    step = config.balance_step
+    b = adapter.selection_bias
+    b.copy_(torch.where(rates > cap, b - step, (b + step).clamp_max(0.0)))
 
 
 def train_adapter(
@@ -104,7 +124,7 @@ def train_adapter(
         cursor += batch
 
         pre = adapter.preactivations(xb)
-        values, indices = adapter.topk(pre, k)
+        values, indices = adapter.topk(pre, k)  # the support honours the selection bias
         x_hat = adapter.decode(values, indices)
         loss_k = fvu(xb, x_hat)
         loss = loss_k
@@ -138,6 +158,8 @@ def train_adapter(
         sched.step()
 
         with torch.no_grad():
+            if cfg.balance_cap is not None:  # soft-capped load balancing of the support
+                update_selection_bias(adapter, firing_rates(values, indices, h), k, cfg)
             fired = torch.zeros(h, dtype=torch.bool, device=device)
             fired[indices[values > 0]] = True
             since_fired += batch
