@@ -68,6 +68,11 @@ def test_quality_floor_on_scifact(short, search, floor):
     assert ndcg10(index, queries, qrels, **search) >= floor
 
 
+def test_default_codes_are_selective(short):
+    """Load balancing: no latent fires on more than ~8 % of the documents (measured 8.7 %; 74 % without)."""
+    assert short[0].stats()["busiest_latent_doc_fraction"] <= 0.10
+
+
 def test_exact_engine_gives_the_shortlist_quality(short):
     index, queries, qrels = short
     exact = copy.deepcopy(index).set_engine("inverted")
