@@ -53,10 +53,13 @@ def search_codes(snap: "Snapshot", encoder: "CSREncoder", score: Score, spec: "E
     for i, (seg, dead) in enumerate(zip(snap.segments, snap.deleted)):
         D, r = seg.engine(spec).search(batch, shortlist, score.scale(encoder, seg), dead)
         scores.append(D), rows.append(r), where.append(np.where(r >= 0, i, -1))
-    D, pos = top_entries(np.concatenate(scores, axis=1), shortlist)
-    pick = np.maximum(pos, 0)
-    where = np.where(pos >= 0, np.take_along_axis(np.concatenate(where, axis=1), pick, axis=1), -1)
-    rows = np.where(pos >= 0, np.take_along_axis(np.concatenate(rows, axis=1), pick, axis=1), -1)
+    if len(scores) == 1:  # one segment: its list is the shortlist
+        D, where, rows = scores[0], where[0], rows[0]
+    else:
+        D, pos = top_entries(np.concatenate(scores, axis=1), shortlist)
+        pick = np.maximum(pos, 0)
+        where = np.where(pos >= 0, np.take_along_axis(np.concatenate(where, axis=1), pick, axis=1), -1)
+        rows = np.where(pos >= 0, np.take_along_axis(np.concatenate(rows, axis=1), pick, axis=1), -1)
     if rerank:
         return _rerank(snap, xq, where, rows, topk)
     ids = np.full(rows.shape, -1, dtype=np.int64)
@@ -71,8 +74,8 @@ def _rerank(snap: "Snapshot", xq: np.ndarray, where: np.ndarray, rows: np.ndarra
     """The best ``topk`` of (segment, row) candidates by exact score against the originals."""
     parts = []
     for i, seg in enumerate(snap.segments):
-        mine = np.where(where == i, rows, -1)
-        if (mine >= 0).any():
+        mine = rows if len(snap.segments) == 1 else np.where(where == i, rows, -1)
+        if len(snap.segments) == 1 or (mine >= 0).any():
             D, r = rerank_topn(xq, mine, seg.vectors, topk)
             parts.append((D, _ids(seg.ids, r)))
     return merge(parts, len(xq), topk)

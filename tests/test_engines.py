@@ -265,7 +265,7 @@ def clustered():
 def test_pruned_reports_exact_scores_and_high_recall(clustered):
     docs, q = clustered
     ref = reference(q, docs)
-    engine = make_engine("pruned", docs, list_cut=400, candidates=200, full_scan_below=0)
+    engine = make_engine("pruned", docs, list_cut=2.0, candidates=200, full_scan_below=0)
     D, rows = engine.search(sparse(q), 10)
     ok = rows >= 0
     got = np.take_along_axis(ref, np.maximum(rows, 0), axis=1)
@@ -284,8 +284,8 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
         rows = make_engine("pruned", docs, full_scan_below=0, **opts).search(sparse(q), 10)[1]
         return float(np.mean([len(set(t) & set(r)) / 10 for t, r in zip(truth, rows)]))
 
-    tight = recall(query_cut=1, list_cut=20, candidates=10)
-    loose = recall(query_cut=None, list_cut=2000, candidates=500)
+    tight = recall(query_cut=1, list_cut=0.1, candidates=10)
+    loose = recall(query_cut=None, list_cut=None, candidates=500)
     assert tight < loose and loose >= 0.95
 
 
@@ -305,7 +305,18 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     np.testing.assert_allclose(D[rows >= 0], found[rows >= 0], rtol=1e-4, atol=1e-4)  # exact scores
 
 
-@pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 1.5}, {"threads": 0}])
+def test_list_cut_reads_each_list_up_to_a_multiple_of_the_mean_length(clustered):
+    docs, q = clustered
+    engine = make_engine("pruned", docs, list_cut=0.5, full_scan_below=0)
+    mean = len(engine.postings.docs) / (engine.postings.lengths > 0).sum()
+    assert engine._limit == int(np.ceil(0.5 * mean))
+    # a cut shortlist is a subset of the uncut one's reach: every result shares a read latent
+    D, rows = engine.search(sparse(q), 10)
+    assert (rows[:, 0] >= 0).all()
+
+
+@pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 0}, {"list_cut": "2"},
+                                 {"threads": 0}])
 def test_pruned_rejects_bad_options(docs, bad):
     with pytest.raises((ValueError, TypeError)):
         PrunedEngine(docs, **bad)

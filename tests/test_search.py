@@ -140,7 +140,7 @@ def test_pruned_asymmetric_search_finds_docs_sharing_the_query_latents(filled_in
                                                                        values_dtype, k):
     """The default engine reads the posting lists of the query's query_k latents and scores what it finds
     exactly; without a candidate cap that is every doc sharing one of those latents."""
-    index = filled_index_factory(metric=metric, values_dtype=values_dtype).set_engine("pruned", candidates=None,
+    index = filled_index_factory(metric=metric, values_dtype=values_dtype).set_engine("pruned", candidates=None, list_cut=None,
                                                                                      full_scan_below=0)
     D, I = index.search(queries, topk=10, query_k=k, score="asymmetric")
     assert_matches_reference(index, D, I, reference_asymmetric_scores(index, queries, k), **tolerance(values_dtype))

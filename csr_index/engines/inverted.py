@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numba
@@ -46,6 +47,7 @@ class InvertedIndexEngine(SearchEngine):
         start = time.perf_counter()
         self.postings = Postings.build(codes, order=self._order, values=values)
         self.forward = ForwardIndex.build(codes, values=values)
+        self._local = threading.local()
         log.debug("%s built in %.3f s (%d postings)", type(self).__name__, time.perf_counter() - start,
                   len(self.postings.docs))
 
@@ -63,6 +65,14 @@ class InvertedIndexEngine(SearchEngine):
         wanted = numba.get_num_threads() if self.threads is None else self.threads
         return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
 
+    def workspace(self, nq: int) -> kernels.Workspace:
+        """This thread's scratch for a batch of ``nq`` queries (allocated on first use, then reused)."""
+        chunks = max(1, min(self.workers, nq))
+        work = getattr(self._local, "work", None)
+        if work is None or work.acc.shape[0] < chunks:
+            work = self._local.work = kernels.Workspace.empty(chunks, self.n, self.h)
+        return work
+
     def _arrays(self, queries: QueryBatch, scale, skip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (kernel_vector(queries.offset, queries.n, "offset"), kernel_vector(scale, self.n, "scale"),
                 kernel_vector(skip, self.n, "skip", np.uint8))
@@ -78,5 +88,5 @@ class InvertedIndexEngine(SearchEngine):
             qptr, qlat, qval = sparse_query_arrays(queries.terms)
             p = self.postings
             kernels.postings_topn(self.workers, qptr, qlat, qval, p.indptr, p.docs, p.vals, p.lut, self.n,
-                                  off, sc, sk, out_d, out_i)
+                                  off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i

@@ -18,8 +18,9 @@ class PrunedEngine(InvertedIndexEngine):
 
     1. Shortlist: the posting lists of the query's ``query_cut`` largest terms (of the
        ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are read, each up to
-       its ``list_cut`` strongest entries (lists are sorted by decreasing value: static
-       pruning), and the ``candidates`` best docs by that partial score are kept.
+       its strongest ``list_cut`` x (mean list length) entries (lists are sorted by decreasing
+       value: static pruning of the longest lists, relative so it holds at any size), and the
+       ``candidates`` best docs by that partial score are kept.
     2. The shortlist is scored exactly with the whole query (the dense projection in
        asymmetric scoring, all the terms in code scoring) against the forward index
        (k look-ups per doc), and the top-n is returned.
@@ -40,16 +41,20 @@ class PrunedEngine(InvertedIndexEngine):
         codes: SparseCodes,
         query_cut: int | None = 16,
         candidates: int | None = 1000,
-        list_cut: int | None = None,
+        list_cut: float | None = 1.5,
         full_scan_below: int = 4096,
         threads: int | None = None,
         values: str = "float32",
     ) -> None:
         self.query_cut = check_positive(query_cut, "query_cut", allow_none=True)
         self.candidates = check_positive(candidates, "candidates", allow_none=True)
-        self.list_cut = check_positive(list_cut, "list_cut", allow_none=True)
+        if list_cut is not None and not (isinstance(list_cut, (int, float, np.number)) and list_cut > 0):
+            raise ValueError(f"list_cut must be a positive multiple of the mean list length or None, got {list_cut!r}")
+        self.list_cut = None if list_cut is None else float(list_cut)
         self.full_scan_below = int(full_scan_below)
         super().__init__(codes, threads=threads, values=values)
+        mean_list = len(self.postings.docs) / max(1, int((self.postings.lengths > 0).sum()))
+        self._limit = self.n if list_cut is None else max(1, min(self.n, int(np.ceil(self.list_cut * mean_list))))
 
     def options(self) -> dict:
         return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,
@@ -64,9 +69,8 @@ class PrunedEngine(InvertedIndexEngine):
         dense = (np.empty((0, self.h), np.float32) if queries.dense is None
                  else np.ascontiguousarray(queries.dense, dtype=np.float32))
         cut = self.h if self.query_cut is None else min(self.query_cut, self.h)
-        limit = self.n if self.list_cut is None else min(self.list_cut, self.n)
         shortlist = self.n if self.candidates is None else min(self.n, max(self.candidates, topn))
         p, f = self.postings, self.forward
-        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, limit, shortlist, p.indptr, p.docs, p.vals,
-                            f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, out_d, out_i)
+        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, self._limit, shortlist, p.indptr, p.docs, p.vals,
+                            f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i
