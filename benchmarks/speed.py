@@ -178,13 +178,12 @@ def csr_index_for(size: str, xb: np.ndarray, args) -> CSRIndex:
 
 # (label, engine, engine options, search keyword arguments); the first row is the library default
 CSR_SETTINGS: list[tuple[str, str, dict, dict]] = [
-    ("default search (pruned: query_cut=16, 1000 candidates; rerank 100)", "auto", {}, {}),
-    *[(f"pruned query_cut={qc} cand={c}{f' list_cut={lc}' if lc else ''} + rerank {r}", "pruned",
+    ("default search (pruned: query_cut=16, 1000 candidates, list_cut=1.5; rerank 100)", "auto", {}, {}),
+    *[(f"pruned query_cut={qc} cand={c} list_cut={lc} + rerank {r}", "pruned",
        {"query_cut": qc, "candidates": c, "list_cut": lc}, {"rerank": r})
-      for qc, c, lc, r in [(8, 500, None, 100), (8, 1000, None, 100), (8, 2000, None, 200), (12, 1000, None, 100),
-                           (16, 500, None, 100), (16, 2000, None, 200), (32, 1000, None, 100), (32, 2000, None, 200),
-                           (16, 1000, 2000, 100), (16, 1000, 5000, 100)]],
-    ("pruned query_cut=16 cand=1000, no rerank", "pruned", {"query_cut": 16, "candidates": 1000}, {"rerank": 0}),
+      for qc, c, lc, r in [(8, 500, 1.5, 100), (8, 1000, 1.5, 100), (12, 1000, 1.5, 100), (16, 500, 1.5, 100),
+                           (16, 2000, 1.5, 200), (16, 1000, None, 100), (32, 1000, 1.5, 100), (32, 2000, None, 200)]],
+    ("pruned query_cut=16 cand=1000 list_cut=1.5, no rerank", "pruned", {}, {"rerank": 0}),
     ("exact asymmetric (forward scan) + rerank 100", "inverted", {}, {"rerank": 100}),
     ("exact code query_k=32 (inverted) + rerank 100", "inverted", {}, {"score": "code", "rerank": 100}),
     ("torch CSR (CPU tensors), code + rerank 100", "torch", {"device": "cpu"}, {"score": "code", "rerank": 100}),
@@ -192,8 +191,8 @@ CSR_SETTINGS: list[tuple[str, str, dict, dict]] = [
 
 
 def postings_read(index: CSRIndex, xq: np.ndarray, query_cut: int | None, list_cut: int | None) -> float:
-    """Mean postings a query's shortlist reads, over N: the lengths (capped at ``list_cut``) of the
-    lists of its ``query_cut`` largest terms, as the pruned engine orders them."""
+    """Mean postings a query's shortlist reads, over N: the lengths (capped at ``list_cut`` entries)
+    of the lists of its ``query_cut`` largest terms, as the pruned engine orders them."""
     from csr_index.scoring import SCORES
 
     lengths = np.bincount(index.codes().indices[index.codes().values > 0].astype(np.int64), minlength=index.h)
@@ -220,8 +219,8 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
         index.set_engine(engine, **options)
         index.search(xq[:2], TOPK, **kwargs)  # builds the engine (posting lists)
         if engine in ("auto", "pruned"):
-            opts = index._store.snapshot.segments[0].engine(index._engine_spec).options()
-            reads = postings_read(index, xq, opts["query_cut"], opts["list_cut"])
+            built = index._store.snapshot.segments[0].engine(index._engine_spec)
+            reads = postings_read(index, xq, built.query_cut, built._limit)
         else:
             reads = float("nan") if scans else postings_read(index, xq, None, None)
         nbytes = stats["memory_bytes_per_vector"] if kwargs.get("rerank", 1) else stats_nv
