@@ -79,6 +79,8 @@ def engines_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=int, default=1024, help="Points per qdrant-edge upsert.")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     ap.add_argument("--workdir", type=Path, default=None, help="Where the shard goes (default: a temp dir).")
+    ap.add_argument("--plain", action="store_true",
+                    help="Train without load balancing (balance_cap=None): the unselective codes of plain TopK.")
 
 
 def engines(args: argparse.Namespace) -> None:
@@ -93,14 +95,14 @@ def engines(args: argparse.Namespace) -> None:
           f"torch threads {torch.get_num_threads()}", file=sys.stderr)
 
     if args.index is not None:
-        trained = CSRIndex.load(args.index)
-        index = CSRIndex(trained.d, k=trained.k, h=trained.h, metric=trained.metric, store_vectors=True)
-        index.adapter = trained.adapter
+        index = CSRIndex.from_encoder(CSRIndex.load(args.index).encoder)
         train_s = 0.0
     else:
-        index = CSRIndex(xb.shape[1], k=args.k, store_vectors=True,
-                         config=CSRConfig(steps=args.steps, batch_size=1024, device="cpu"))
+        config = CSRConfig(steps=args.steps, batch_size=1024, device="cpu",
+                           **({"balance_cap": None} if args.plain else {}))
+        index = CSRIndex(xb.shape[1], k=args.k, config=config)
         _, train_s = timed(lambda: index.train(xb))
+    index.set_engine("inverted")  # exact code x code, as Qdrant computes it
 
     rows: list[tuple[str, str, str]] = []
 
@@ -154,8 +156,8 @@ def engines(args: argparse.Namespace) -> None:
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\n{n:,} docs, {len(xq)} queries, k={index.k}, h={index.h}, topk={args.topk}"
-          f" (training {train_s:.0f}s, not compared)")
+    print(f"\n{n:,} docs, {len(xq)} queries, k={index.k}, h={index.h}, topk={args.topk}, busiest latent on "
+          f"{index.stats()['busiest_latent_doc_fraction']:.1%} of docs (training {train_s:.0f}s, not compared)")
     w = max(len(r[0]) for r in rows)
     print(f"| {'measure':{w}s} | {'CSRIndex engine':>22s} | {'qdrant-edge ' + cq.EDGE_VERSION:>22s} |")
     print(f"|{'-' * (w + 2)}|{'-' * 24}|{'-' * 24}|")
