@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,11 +37,12 @@ class Snapshot:
 
     segments: tuple[Segment, ...] = ()
     deleted: tuple[np.ndarray | None, ...] = ()
+    ntotal: int = field(init=False)
+    """Live (not deleted) rows, counted once when the snapshot is made."""
 
-    @property
-    def ntotal(self) -> int:
-        """Live (not deleted) rows."""
-        return sum(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
+    def __post_init__(self) -> None:
+        live = sum(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
+        object.__setattr__(self, "ntotal", live)
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment number, row) of each live id; (-1, -1) where it is absent or deleted."""

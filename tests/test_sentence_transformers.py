@@ -82,7 +82,8 @@ def assert_same_top(D: np.ndarray, I: np.ndarray, S: np.ndarray, tol: float = 1e
 
 
 def tiny_index(corpus: np.ndarray, metric: str = "ip", refit: bool = False, **config) -> CSRIndex:
-    base = dict(steps=20, batch_size=128, warmup_steps=5, seed=0, device="cpu", refit=refit, idf_weights=False)
+    base = dict(steps=20, batch_size=128, warmup_steps=5, seed=0, device="cpu", refit=refit, idf_weights=False,
+                balance_cap=None)
     index = CSRIndex(corpus.shape[1], k=8, h=128, metric=metric, config=CSRConfig(**{**base, **config}))
     return index.train(corpus)
 
@@ -172,6 +173,24 @@ def test_refit_keeps_st_latents_but_changes_values(tmp_path, corpus):
     a, b = plain.encode(corpus), refit.encode(corpus)
     assert (np.sort(a.indices, axis=1) == np.sort(b.indices, axis=1)).all()
     assert not np.allclose(np.sort(a.values, axis=1), np.sort(b.values, axis=1), atol=1e-3)
+
+
+
+def test_balanced_adapter_exports_with_a_warning_and_st_picks_the_unbiased_top_k(tmp_path, corpus, caplog):
+    """ST has no selection bias: exporting a balanced adapter warns, and ST's codes are the unbiased
+    top-k, which differs from the index's codes wherever the bias moved a latent into the top-k."""
+    index = tiny_index(corpus, balance_cap=1.0, balance_step=0.05)
+    assert index.adapter.selection_bias.any()
+    with caplog.at_level("WARNING"):
+        cst.export_index(index, tmp_path / "sae")
+    assert "selection bias" in caplog.text
+    imported = CSRIndex.from_sentence_transformers(tmp_path / "sae")
+    ours, st_side = index.encode(corpus), imported.encode(corpus)
+    with torch.no_grad():
+        pre = index.adapter.preactivations(torch.from_numpy(index.prepare(corpus))).numpy()
+    expected = np.sort(np.argsort(-pre, axis=1)[:, :index.k], axis=1)
+    assert (np.sort(st_side.indices, axis=1) == expected).all()
+    assert (np.sort(ours.indices, axis=1) != expected).any()
 
 
 # ---------------------------------------------------------- import checks
@@ -284,7 +303,7 @@ def test_exported_sparse_encoder_over_a_base_model_ranks_as_the_index(tmp_path, 
     corpus, queries = scifact_texts
     vectors = corpus.column("embedding").combine_chunks().flatten().to_numpy().reshape(-1, 384)[:2048]
     index = CSRIndex(384, k=16, config=CSRConfig(steps=15, batch_size=256, warmup_steps=3, seed=0, device="cpu",
-                                                  refit=False, idf_weights=False, nested_k=()))
+                                                  refit=False, idf_weights=False, nested_k=(), balance_cap=None))
     index.train(vectors)
     cst.export_index(index, tmp_path / "se", base_model=gt_dir)
     model = st.SparseEncoder(str(tmp_path / "se"), local_files_only=True)

@@ -83,9 +83,12 @@ def export_index(index: CSRIndex, path: str | os.PathLike, base_model: str | os.
     directory, or with ``base_model`` (a local ST model directory) a whole SparseEncoder that
     embeds text and encodes it as this index does (see :func:`save_sparse_encoder`).
 
-    ST's codes equal ``index.encode(x)`` when ``index.config.refit`` is False; with refit on
-    (the library default) ST keeps the encoder's values, which the index re-solves. ST has no
-    latent (IDF) weights: its similarity is the index's code score with ``idf_weights=False``.
+    ST's codes equal ``index.encode(x)`` when ``index.config.refit`` is False and the adapter
+    was trained without selectivity balancing (``balance_cap=None``). With refit on (the library
+    default) ST keeps the encoder's values, which the index re-solves; with balancing on (also the
+    default) ST picks the k largest pre-activations, while the index adds its per-latent
+    selection bias first, so the two differ on latents near the k-th place. ST has no latent (IDF)
+    weights: its similarity is the index's code score with ``idf_weights=False``.
     """
     adapter = index.adapter
     if adapter is None:
@@ -93,6 +96,9 @@ def export_index(index: CSRIndex, path: str | os.PathLike, base_model: str | os.
     if index.config.refit:
         log.warning("this index encodes with refit=True: ST's codes have the same latents but the encoder's "
                     "values, not the re-fitted ones this index stores")
+    if bool(adapter.selection_bias.any()):
+        log.warning("this adapter was trained with selectivity balancing: ST has no selection bias, so its "
+                    "codes pick the k largest pre-activations and differ from this index's near the k-th latent")
     if base_model is None:
         if index.metric == "cosine":
             log.info("the module encodes its input as is: L2-normalise vectors first, as the index does")
