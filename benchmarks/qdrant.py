@@ -167,7 +167,8 @@ def engines(args: argparse.Namespace) -> None:
 
 # ======================================================================= SciFact quality
 def scifact_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--rerank", type=int, default=100, help="Candidates re-ranked (R).")
+    ap.add_argument("--rerank", type=int, default=None,
+                    help="Candidates re-ranked (R; default: the library's, 3 * max(100, 10 * topk) for Qdrant).")
     ap.add_argument("--topk", type=int, default=10)
     ap.add_argument("--workdir", type=Path, default=None, help="Where the shards go (default: a temp dir).")
 
@@ -185,7 +186,10 @@ def scifact(args: argparse.Namespace) -> None:
     xb, doc_keys, xq, query_keys, qrels = load_scifact()
     index = scifact_index(32)  # trained with the defaults on the corpus (cached in runs/bench-cache)
     encoder = index.encoder  # what a client at scale holds
-    R, topk = args.rerank, args.topk
+    from csr_index.scoring import default_rerank
+
+    topk = args.topk
+    R = args.rerank or default_rerank("code", topk)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="csr-qdrant-scifact-"))
     shutil.rmtree(work, ignore_errors=True)
     corpus = DATA.parent / "scifact" / "corpus.parquet"

@@ -93,7 +93,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
 @click.option("--query-k", "query_k", type=int, default=None, help="Latents of each query's code (default: the index's k).")
 @click.option("--score", type=SCORE_CHOICE, default="asymmetric", show_default=True)
 @click.option("--rerank", type=int, default=None,
-              help="Re-rank this many candidates exactly (default: max(100, 10 * topk) with stored originals; 0: off).")
+              help="Re-rank this many candidates exactly (default: max(100, 10 * topk) with stored originals, 3x that under --score code; 0: off).")
 @click.option("--column", default="embedding", show_default=True)
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per query instead of TSV.")

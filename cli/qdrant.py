@@ -205,7 +205,7 @@ def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, time
 @click.option("--score", type=click.Choice(["code", "asymmetric"]), default="code", show_default=True,
               help="code: Qdrant's ranking as is; asymmetric: re-score Qdrant's candidates (needs a full index).")
 @click.option("--rerank", type=int, default=None,
-              help="Re-rank this many candidates exactly (default: max(100, 10*topk) when possible, else 0).")
+              help="Re-rank this many candidates exactly (default: 3 * max(100, 10*topk): a code x code shortlist; 0 when no re-ranking is possible).")
 @click.option("--rerank-on", type=click.Choice(["auto", "server", "local"]), default="auto", show_default=True,
               help="server: Qdrant re-scores by the stored dense vectors; local: the index's originals; "
                    "auto: local for a full index with originals, else server when the collection has dense vectors.")

@@ -15,7 +15,7 @@ from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .encoder import CSREncoder
 from .engines import resolve_engine_name
-from .scoring import SCORES
+from .scoring import SCORES, default_rerank
 from .searcher import rescore_codes, rescore_exact, search_codes, search_exact
 from .segment import Segment
 from .storage import read_index, read_manifest, write_index
@@ -205,7 +205,8 @@ class CSRIndex:
         of the stored originals). ``query_k``: latents of the query's code (default: the
         index's k): the posting lists a shortlist reads, and in ``"code"`` the query code
         itself. ``rerank``: re-score the best ``rerank`` of the shortlist exactly against the
-        originals; default ``max(100, 10 * topk)`` when they are stored, else 0 (off).
+        originals; default ``max(100, 10 * topk)`` when they are stored (three times that under
+        ``"code"``, see :func:`~csr_index.scoring.default_rerank`), else 0 (off).
         Returns ``D`` float32 (nq, topk), descending — the last stage's score: cosine (inner product
         under 'ip') with the originals when re-ranked or exact, else the code-space score — and
         ``I`` int64 (nq, topk), padded with (-inf, -1).
@@ -219,7 +220,7 @@ class CSRIndex:
         if score not in (*SCORES, "exact"):
             raise ValueError(f"score must be one of {(*SCORES, 'exact')}, got {score!r}")
         if rerank is None:
-            rerank = max(100, 10 * topk) if self.store_vectors and score != "exact" else 0
+            rerank = default_rerank(score, topk) if self.store_vectors and score != "exact" else 0
         rerank = check_positive(rerank, "rerank") if rerank else 0
         if (rerank or score == "exact") and not self.store_vectors:
             raise ValueError("re-ranking and exact search need the originals: build the index with store_vectors=True")

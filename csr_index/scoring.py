@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from .encoder import CSREncoder
     from .segment import Segment
 
-__all__ = ["Score", "CodeScore", "AsymmetricScore", "SCORES", "score_rows"]
+__all__ = ["Score", "CodeScore", "AsymmetricScore", "SCORES", "score_rows", "default_rerank"]
+
+
+def default_rerank(score: str, topk: int) -> int:
+    """How many shortlist candidates a search re-ranks exactly by default: ``max(100, 10 * topk)``
+    after an asymmetric shortlist, three times that after a code x code one (``score="code"``, and
+    every Qdrant search), whose candidates hold fewer of the true neighbours (on SciFact the code
+    top 100 re-ranked keeps 97.6 % of dense NDCG@10, the top 300 99.8 %)."""
+    return (3 if score == "code" else 1) * max(100, 10 * topk)
 
 
 def _inverse(norms: np.ndarray) -> np.ndarray:

@@ -30,12 +30,13 @@ from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402
 from csr_index.errors import NotTrainedError  # noqa: E402
 from csr_index.integrations import qdrant as cq  # noqa: E402
 from csr_index.io import read_embeddings  # noqa: E402
+from csr_index.scoring import default_rerank  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
 CORPUS = DATA / "corpus.parquet"
 QUERIES = DATA / "queries.parquet"
 TOL = 1e-5
-R = 100
+R = default_rerank("code", 10)  # 300: what a search re-ranks by default (code x code shortlist)
 
 pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason=f"SciFact data not found at {DATA}")
 
@@ -117,7 +118,7 @@ def test_stream_export_equals_index_codes(encoder, index, edge, qvecs, scifact):
 
 def test_server_rerank_equals_local_exact_rerank(encoder, index, edge, qvecs, scifact):
     Dc, Ic = cq.search(encoder, edge, None, qvecs, R, rerank=0)  # Qdrant's sparse top R
-    D, I = cq.search(encoder, edge, None, qvecs, 10)  # adapter only: auto = server re-rank of the top 100
+    D, I = cq.search(encoder, edge, None, qvecs, 10)  # adapter only: auto = server re-rank of the top R
     assert_same(D, I, *exact_rerank(encoder, scifact.vectors, qvecs, Ic, 10))
     # the local path over the same candidates (float16 originals of a full index): same ids, fp16 scores
     Dl, Il = cq.search(index, edge, None, qvecs, 10, rerank=R)

@@ -376,3 +376,19 @@ def test_property_engine_equals_brute_force(make_index, seed, n_docs, n_queries,
     D, I = index.search(xq, topk, query_k=k, score=mode)
     ref = reference_code_scores(index, xq, k) if mode == "code" else reference_asymmetric_scores(index, xq)
     assert_matches_reference(index, D, I, ref)
+
+
+def test_default_rerank_depth_depends_on_the_shortlist(filled_index_factory, queries):
+    """A code x code shortlist holds fewer true neighbours than an asymmetric one, so by default
+    it is re-ranked three times deeper: 300 candidates for topk <= 10, 30 * topk above."""
+    from csr_index.scoring import default_rerank
+
+    assert [default_rerank("asymmetric", 5), default_rerank("code", 5), default_rerank("code", 20)] == [100, 300, 600]
+    index = filled_index_factory(store_vectors=True)
+    for score in ("code", "asymmetric"):
+        D, I = index.search(queries, 5, score=score)
+        Dr, Ir = index.search(queries, 5, score=score, rerank=default_rerank(score, 5))
+        np.testing.assert_array_equal(I, Ir)
+        np.testing.assert_array_equal(D, Dr)
+    shallow = index.search(queries, 5, score="code", rerank=10)
+    assert not np.array_equal(shallow[1], index.search(queries, 5, score="code")[1])

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from csr_index.progress import progress_bar
+from csr_index.scoring import default_rerank
 from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_search_metadata
@@ -60,8 +61,9 @@ def search(
     code x code (or, with ``hybrid``, by its reciprocal rank fusion (``rrf_k``) of that ranking
     and dense search); then:
 
-    rerank: how many of them to re-rank exactly. Default max(100, 10 * topk) when a re-ranking
-        is available (see ``rerank_on``), else 0.
+    rerank: how many of them to re-rank exactly. Default 3 * max(100, 10 * topk) (a code x code
+        shortlist, see :func:`csr_index.scoring.default_rerank`) when a re-ranking is available
+        (see ``rerank_on``), else 0.
     rerank_on: ``"server"``: Qdrant re-scores the sparse top ``rerank`` by the dense vector
         stored in each point, in the same request (Query API: the sparse search as a
         ``prefetch``, then ``query=dense``); needs an export with dense vectors and nothing but
@@ -118,7 +120,7 @@ def search(
     if rerank_on == "server" and score == "asymmetric":
         raise ValueError('score="asymmetric" re-scores locally; it does not combine with rerank_on="server"')
     if rerank is None:
-        rerank = max(100, 10 * topk) if rerank_on in ("local", "server") else 0
+        rerank = default_rerank("code", topk) if rerank_on in ("local", "server") else 0
     server = rerank_on == "server" and rerank > 0
     shortlist = max(topk, int(rerank))
     if candidates is None:
