@@ -58,21 +58,26 @@ def index_cache_path(tag: str, n: int, d: int, config, cache: Path = CACHE, **in
 
 
 def cached_index(tag: str, xb: np.ndarray, config, cache: Path = CACHE, keys=None, **index_args):
-    """A CSRIndex trained on ``xb`` with ``config`` (on THREADS threads) and holding ``xb``, loaded
-    from ``cache`` when an identical one was built before (see :func:`index_cache_path`)."""
-    from csr_index import CSRIndex
+    """A CSRIndex trained on ``xb`` with ``config`` (on THREADS threads) and holding ``xb``. The
+    trained adapter is cached in ``cache`` (see :func:`index_cache_path`); the index around it is
+    rebuilt on every call (encoding is seconds), so stored codes always follow the current index
+    defaults (value dtype, originals, ...)."""
+    from csr_index import CSREncoder, CSRIndex
 
     resolved = config.resolve(xb.shape[1], index_args.get("h"), index_args.get("k"))
     settings = {k: v for k, v in index_args.items() if k not in ("h", "k")}
     path = index_cache_path(tag, len(xb), xb.shape[1], config, cache, **index_args)
     if path.exists():
-        return CSRIndex.load(path, verify=False)
+        index = CSRIndex.from_encoder(CSREncoder.load(path), **settings)
+    else:
+        pin_threads(THREADS)
+        index = CSRIndex(xb.shape[1], config=resolved, **settings)
+        index.train(xb)
+        cache.mkdir(parents=True, exist_ok=True)
+        index.encoder.save(path)
     pin_threads(THREADS)
-    index = CSRIndex(xb.shape[1], config=resolved, **settings)
-    index.train(xb)
     index.add(xb, keys=keys)
-    cache.mkdir(parents=True, exist_ok=True)
-    index.save(path)
+    index.compact()
     return index
 
 

@@ -48,7 +48,7 @@ def main() -> None:
 @click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)
 @click.option("--store-vectors/--no-store-vectors", default=True, show_default=True,
               help="Keep float16 originals for exact re-ranking.")
-@click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float16", show_default=True)
 @click.option("--steps", type=int, default=None, help="Training steps (default: from the data size).")
 @click.option("--max-train", type=int, default=100_000, show_default=True,
               help="Train on a random sample of at most this many rows (0: all).")

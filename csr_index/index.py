@@ -44,7 +44,7 @@ class CSRIndex:
     """
 
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
-                 metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float32",
+                 metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float16",
                  config: CSRConfig | None = None, progress: bool = False, engine: str = "auto") -> None:
         self.encoder = CSREncoder(d, k, h, metric=metric, config=config, progress=progress)
         self._k_doc = self.k if k_doc is None else check_positive(k_doc, "k_doc", self.k)

@@ -60,7 +60,9 @@ def encoder(scifact):
 @pytest.fixture(scope="module")
 def index(encoder, scifact):
     """The same documents in a local CSRIndex: ids = row numbers, as export_parquet assigns them."""
-    idx = CSRIndex.from_encoder(encoder, store_vectors=True, engine="inverted")  # exact, as Qdrant's code search
+    # exact, as Qdrant's code search; float32 values, as the streaming export sends them (a float16
+    # index's own export differs from a stream by float16 rounding, ~1e-4)
+    idx = CSRIndex.from_encoder(encoder, store_vectors=True, engine="inverted", values_dtype="float32")
     idx.add(scifact.vectors, keys=scifact.keys)
     return idx
 

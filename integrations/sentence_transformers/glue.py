@@ -43,7 +43,8 @@ def index_from_sentence_transformers(
     error (better asymmetric scores), but codes, and code scores, no longer equal ST's.
     ``metric`` defaults from ST's similarity: 'dot' (or a bare module) -> ``"ip"``; 'cosine' ->
     ``"cosine"`` when a Normalize module feeds the SparseAutoEncoder (csr-index L2-normalises
-    inputs under cosine, which then changes nothing). Other ``index_kwargs`` go to ``CSRIndex``.
+    inputs under cosine, which then changes nothing). Other ``index_kwargs`` go to ``CSRIndex``;
+    stored values default to float32 here (``values_dtype``), so stored codes are ST's exactly.
     """
     adapter, k, info = load_sparse_autoencoder(path)
     metric = _metric_for(info, metric)
@@ -51,6 +52,7 @@ def index_from_sentence_transformers(
     meta = {"d": adapter.d, "h": adapter.h, "k": k, "metric": metric, "config": config.to_dict(),
             "train_stats": {"imported_from": str(Path(path).resolve()), "st_module": info.module_class}}
     state = {name: t.detach().cpu().numpy() for name, t in adapter.state_dict().items()}
+    index_kwargs.setdefault("values_dtype", "float32")
     index = index_cls.from_encoder(CSREncoder.from_state(meta, state), **index_kwargs)
     log.info("index from %s: %r", path, index)
     return index
