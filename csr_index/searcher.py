@@ -42,7 +42,8 @@ def _ids(segment_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def search_codes(snap: "Snapshot", encoder: "CSREncoder", score: Score, spec: "EngineSpec", xq: np.ndarray,
                  topk: int, query_k: int, rerank: int) -> tuple[np.ndarray, np.ndarray]:
     """The best ``max(topk, rerank)`` rows by ``score`` over all segments (each searched by the
-    engine ``spec``), then, with ``rerank``, those re-scored exactly against the originals.
+    engine ``spec``, an approximate one with a work budget in proportion to the segment's share of
+    the live rows), then, with ``rerank``, those re-scored exactly against the originals.
     The shortlist is merged across segments before the re-rank, so results do not depend on
     how the rows are split into segments."""
     if snap.ntotal == 0:
@@ -51,7 +52,9 @@ def search_codes(snap: "Snapshot", encoder: "CSREncoder", score: Score, spec: "E
     shortlist = max(topk, rerank)
     scores, where, rows = [], [], []
     for i, (seg, dead) in enumerate(zip(snap.segments, snap.deleted)):
-        D, r = seg.engine(spec).search(batch, shortlist, score.scale(encoder, seg), dead)
+        live = seg.n - (int(dead.sum()) if dead is not None else 0)
+        share = min(1.0, max(live, 1) / snap.ntotal)  # an approximate engine's budget: its share of the rows
+        D, r = seg.engine(spec).search(batch, shortlist, score.scale(encoder, seg), dead, share=share)
         scores.append(D), rows.append(r), where.append(np.where(r >= 0, i, -1))
     if len(scores) == 1:  # one segment: its list is the shortlist
         D, where, rows = scores[0], where[0], rows[0]

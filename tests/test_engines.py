@@ -289,6 +289,24 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
     assert tight < loose and loose >= 0.95
 
 
+
+def test_pruned_budget_scales_with_the_segment_share(clustered):
+    """A segment holding a quarter of the rows gets a quarter of the candidate budget (never
+    fewer than topn); exact engines ignore the share; a share outside (0, 1] is an error."""
+    docs, q = clustered
+    part = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10, share=0.25)
+    alone = make_engine("pruned", docs, candidates=50, full_scan_below=0).search(sparse(q), 10)
+    np.testing.assert_array_equal(part[1], alone[1])
+    tiny = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10, share=1e-6)
+    floor = make_engine("pruned", docs, candidates=10, full_scan_below=0).search(sparse(q), 10)
+    np.testing.assert_array_equal(tiny[1], floor[1])
+    full = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10)
+    assert not np.array_equal(tiny[1], full[1])  # the share did change the budget
+    exact = make_engine("inverted", docs)
+    np.testing.assert_array_equal(exact.search(sparse(q), 10, share=0.1)[1], exact.search(sparse(q), 10)[1])
+    with pytest.raises(ValueError, match="share"):
+        exact.search(sparse(q), 10, share=0.0)
+
 def test_pruned_dense_queries_take_a_shortlist(docs, extras):
     scale, _ = extras
     q = np.random.default_rng(9).standard_normal((10, H)).astype(np.float32)

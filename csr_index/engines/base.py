@@ -65,20 +65,25 @@ class SearchEngine(ABC):
         self.k = codes.k
 
     def search(
-        self, queries: QueryBatch, topn: int, scale: np.ndarray | None = None, skip: np.ndarray | None = None
+        self, queries: QueryBatch, topn: int, scale: np.ndarray | None = None, skip: np.ndarray | None = None,
+        share: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``topn`` rows of each query (see the module docstring)."""
+        """Top ``topn`` rows of each query (see the module docstring). ``share``: the fraction of a
+        larger collection these rows are (one segment of several); approximate engines scale
+        their work budget by it, exact ones ignore it."""
         topn = check_positive(topn, "topn")
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
         self._check(queries)
         if self.n == 0 or queries.n == 0:
             return empty_result(queries.n, topn)
         if skip is not None and np.shape(skip) != (self.n,):
             raise ValueError(f"skip must have shape ({self.n},), got {np.shape(skip)}")
-        return self._search(queries, topn, scale, skip)
+        return self._search(queries, topn, scale, skip, share)
 
     @abstractmethod
     def _search(
-        self, queries: QueryBatch, topn: int, scale: np.ndarray | None, skip: np.ndarray | None
+        self, queries: QueryBatch, topn: int, scale: np.ndarray | None, skip: np.ndarray | None, share: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` on checked, non-empty input."""
 

@@ -77,7 +77,7 @@ class InvertedIndexEngine(SearchEngine):
         return (kernel_vector(queries.offset, queries.n, "offset"), kernel_vector(scale, self.n, "scale"),
                 kernel_vector(skip, self.n, "skip", np.uint8))
 
-    def _search(self, queries, topn, scale, skip):
+    def _search(self, queries, topn, scale, skip, share=1.0):
         out_d, out_i = empty_result(queries.n, topn)
         off, sc, sk = self._arrays(queries, scale, skip)
         if queries.dense is not None:

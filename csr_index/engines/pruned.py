@@ -20,7 +20,8 @@ class PrunedEngine(InvertedIndexEngine):
        ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are read, each up to
        its strongest ``list_cut`` x (mean list length) entries (lists are sorted by decreasing
        value: static pruning of the longest lists, relative so it holds at any size), and the
-       ``candidates`` best docs by that partial score are kept.
+       ``candidates`` best docs by that partial score are kept (``candidates`` x ``share`` for a
+       segment that holds that share of the collection's rows).
     2. The shortlist is scored exactly with the whole query (the dense projection in
        asymmetric scoring, all the terms in code scoring) against the forward index
        (k look-ups per doc), and the top-n is returned.
@@ -60,16 +61,17 @@ class PrunedEngine(InvertedIndexEngine):
         return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,
                 "full_scan_below": self.full_scan_below, **super().options()}
 
-    def _search(self, queries, topn, scale, skip):
+    def _search(self, queries, topn, scale, skip, share=1.0):
         if self.n < self.full_scan_below:
-            return super()._search(queries, topn, scale, skip)
+            return super()._search(queries, topn, scale, skip, share)
         out_d, out_i = empty_result(queries.n, topn)
         off, sc, sk = self._arrays(queries, scale, skip)
         qptr, qlat, qval = sparse_query_arrays(queries.terms)
         dense = (np.empty((0, self.h), np.float32) if queries.dense is None
                  else np.ascontiguousarray(queries.dense, dtype=np.float32))
         cut = self.h if self.query_cut is None else min(self.query_cut, self.h)
-        shortlist = self.n if self.candidates is None else min(self.n, max(self.candidates, topn))
+        budget = None if self.candidates is None else int(np.ceil(self.candidates * share))
+        shortlist = self.n if budget is None else min(self.n, max(budget, topn))
         p, f = self.postings, self.forward
         kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, self._limit, shortlist, p.indptr, p.docs, p.vals,
                             f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i)

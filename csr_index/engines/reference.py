@@ -29,7 +29,7 @@ class ScipyEngine(SearchEngine):
     def nbytes(self) -> int:
         return int(sum(a.nbytes for m in (self.rows, self.postings) for a in (m.data, m.indices, m.indptr)))
 
-    def _search(self, queries, topn, scale, skip):
+    def _search(self, queries, topn, scale, skip, share=1.0):
         out_d, out_i = [], []
         step = max(1, min(queries.n, BLOCK_BYTES // (8 * max(1, self.n))))
         for s in range(0, queries.n, step):

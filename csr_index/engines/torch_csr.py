@@ -64,7 +64,7 @@ class TorchCSREngine(SearchEngine):
         return None if x is None else torch.from_numpy(np.ascontiguousarray(x, dtype=dtype)).to(self.device)
 
     @torch.inference_mode()
-    def _search(self, queries, topn, scale, skip):
+    def _search(self, queries, topn, scale, skip, share=1.0):
         nq = queries.n
         sc, off = self._tensor(scale), self._tensor(queries.offset)
         dead = None if skip is None else self._tensor(skip, np.uint8).bool()
