@@ -195,8 +195,8 @@ class CSREncoder:
         refit = self.config.refit if refit is None else refit
         tables = self._gram_tables()
         compiled = tables is not None and self.device.type == "cpu"
-        with torch.inference_mode():
-            shift = adapter.latent_bias - adapter.W @ adapter.pre_bias
+        with torch.inference_mode():  # W pre_bias: the cached table when there is one (not a product per call)
+            shift = adapter.latent_bias - (tables[1] if tables is not None else adapter.W @ adapter.pre_bias)
             select = adapter.selection_bias.cpu().numpy() if bool(adapter.selection_bias.any()) else None
         step = self.batch_size(k)
         idx_parts, val_parts, norm_parts = [], [], []

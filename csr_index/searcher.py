@@ -51,8 +51,7 @@ def search_codes(snap: "Snapshot", encoder: "CSREncoder", score: Score, spec: "E
     batch = score.queries(encoder, xq, query_k)
     shortlist = max(topk, rerank)
     scores, where, rows = [], [], []
-    for i, (seg, dead) in enumerate(zip(snap.segments, snap.deleted)):
-        live = seg.n - (int(dead.sum()) if dead is not None else 0)
+    for i, (seg, dead, live) in enumerate(zip(snap.segments, snap.deleted, snap.live_rows)):
         share = min(1.0, max(live, 1) / snap.ntotal)  # an approximate engine's budget: its share of the rows
         D, r = seg.engine(spec).search(batch, shortlist, score.scale(encoder, seg), dead, share=share)
         scores.append(D), rows.append(r), where.append(np.where(r >= 0, i, -1))

@@ -17,39 +17,19 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .engines.kernels import _offer
+
 __all__ = ["encode_rows"]
 
 
 @njit(cache=True, inline="always")
-def _top_k(row, select, k, idx, key):
-    """Indices of the k largest ``row + select`` into ``idx`` (a min-heap on ``key``), unordered."""
+def _top_k(row, select, idx, key):
+    """Indices of the len(key) largest ``row + select`` into ``idx`` (the engines' bounded min-heap on
+    ``key``), unordered."""
     has_select = select.shape[0] > 0
     size = 0
     for j in range(row.shape[0]):
-        v = row[j] + select[j] if has_select else row[j]
-        if size < k:
-            pos = size
-            size += 1
-            while pos > 0:  # sift up
-                parent = (pos - 1) >> 1
-                if key[parent] <= v:
-                    break
-                key[pos], idx[pos] = key[parent], idx[parent]
-                pos = parent
-            key[pos], idx[pos] = v, j
-        elif v > key[0]:
-            pos = 0
-            while True:  # sift the root's hole down
-                child = 2 * pos + 1
-                if child >= k:
-                    break
-                if child + 1 < k and key[child + 1] < key[child]:
-                    child += 1
-                if key[child] >= v:
-                    break
-                key[pos], idx[pos] = key[child], idx[child]
-                pos = child
-            key[pos], idx[pos] = v, j
+        size = _offer(key, idx, size, row[j] + select[j] if has_select else row[j], j)
 
 
 @njit(cache=True, inline="always")
@@ -91,7 +71,7 @@ def _encode_chunk(r0, r1, pre, select, k, refit, ridge, gram, latent_bias, w_bia
     val = np.empty(k, dtype=np.float64)
     for r in range(r0, r1):
         row = pre[r]
-        _top_k(row, select, k, idx, key)
+        _top_k(row, select, idx, key)
         for a in range(k):
             ia = idx[a]
             for b in range(a + 1):

@@ -37,12 +37,17 @@ class Snapshot:
 
     segments: tuple[Segment, ...] = ()
     deleted: tuple[np.ndarray | None, ...] = ()
-    ntotal: int = field(init=False)
-    """Live (not deleted) rows, counted once when the snapshot is made."""
+    live_rows: tuple[int, ...] = field(init=False)
+    """Live (not deleted) rows of each segment, counted once when the snapshot is made."""
 
     def __post_init__(self) -> None:
-        live = sum(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
-        object.__setattr__(self, "ntotal", live)
+        live = tuple(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
+        object.__setattr__(self, "live_rows", live)
+
+    @property
+    def ntotal(self) -> int:
+        """Live (not deleted) rows."""
+        return sum(self.live_rows)
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment number, row) of each live id; (-1, -1) where it is absent or deleted."""
