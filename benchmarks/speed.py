@@ -246,7 +246,7 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
         index.search(xq[:2], TOPK, **kwargs)  # builds the engine (posting lists)
         if engine in ("auto", "pruned"):
             built = index._store.snapshot.segments[0].engine(index._engine_spec)
-            reads = postings_read(index, xq, built.query_cut, built._limit)
+            reads = postings_read(index, xq, built.query_cut, built.list_limit)
         else:
             reads = float("nan") if scans else postings_read(index, xq, None, None)
         nbytes = stats["memory_bytes_per_vector"] if kwargs.get("rerank", 1) else stats_nv

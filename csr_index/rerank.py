@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .engines.base import empty_result, top_entries
-from .engines.kernels import LUT, _emit, _offer, value_of
+from .engines.kernels import LUT, PREFETCH_AHEAD, _emit, _offer, prefetch, value_of
 from .validation import check_positive
 
 __all__ = ["quantize_int8", "rerank_topn", "exact_topn"]
@@ -46,9 +46,14 @@ def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
     hi = np.empty(topn, dtype=np.int64)
     d = queries.shape[1]
     use_scale = scales.shape[0] > 0
+    step = max(1, 64 // vectors.itemsize)  # elements per cache line
     for q in range(q0, q1):
         size = 0
         for r in range(cand.shape[1]):
+            if r + PREFETCH_AHEAD < cand.shape[1] and cand[q, r + PREFETCH_AHEAD] >= 0:
+                ahead = vectors[cand[q, r + PREFETCH_AHEAD]]  # a random row: fetch all its lines early
+                for j in range(0, d, step):
+                    prefetch(ahead, j)
             row = cand[q, r]
             if row < 0:
                 continue

@@ -215,17 +215,14 @@ def test_half_lut_decodes_every_float16():
 
 
 def test_postings_hold_every_nonzero_once(docs):
-    for order in ("doc", "value"):
-        p = Postings.build(docs, order=order)
-        assert p.indptr[-1] == len(p.docs) == int((docs.values != 0).sum())
-        np.testing.assert_array_equal(p.lengths, np.bincount(docs.indices[docs.values != 0], minlength=H))
-        for lat in range(H):
-            lo, hi = p.indptr[lat], p.indptr[lat + 1]
-            seg = p.vals[lo:hi] if order == "value" else p.docs[lo:hi]
-            key = -seg if order == "value" else seg
-            assert np.all(np.diff(key) >= 0), f"list {lat} is not in {order} order"
-            np.testing.assert_array_equal(np.sort(p.docs[lo:hi]), np.nonzero((docs.indices == lat).any(1)
-                                          & (np.where(docs.indices == lat, docs.values, 0) != 0).any(1))[0])
+    p = Postings.build(docs)
+    assert p.indptr[-1] == len(p.docs) == int((docs.values != 0).sum())
+    np.testing.assert_array_equal(p.lengths, np.bincount(docs.indices[docs.values != 0], minlength=H))
+    for lat in range(H):
+        lo, hi = p.indptr[lat], p.indptr[lat + 1]
+        assert np.all(np.diff(p.docs[lo:hi]) > 0), f"list {lat} is not in doc order"
+        np.testing.assert_array_equal(p.docs[lo:hi], np.nonzero((docs.indices == lat).any(1)
+                                      & (np.where(docs.indices == lat, docs.values, 0) != 0).any(1))[0])
 
 
 def test_sparse_query_arrays_order_terms_by_magnitude():
@@ -326,8 +323,16 @@ def test_pruned_dense_queries_take_a_shortlist(docs, extras):
 def test_list_cut_reads_each_list_up_to_a_multiple_of_the_mean_length(clustered):
     docs, q = clustered
     engine = make_engine("pruned", docs, list_cut=0.5, full_scan_below=0)
-    mean = len(engine.postings.docs) / (engine.postings.lengths > 0).sum()
-    assert engine._limit == int(np.ceil(0.5 * mean))
+    full = make_engine("inverted", docs).postings
+    limit = int(np.ceil(0.5 * len(full.docs) / (full.lengths > 0).sum()))
+    assert engine.list_limit == limit
+    np.testing.assert_array_equal(engine.postings.lengths, np.minimum(full.lengths, limit))
+    for lat in np.nonzero(full.lengths > limit)[0][:20]:  # a cut list keeps its strongest entries, in doc order
+        kept = engine.postings.docs[engine.postings.indptr[lat]:engine.postings.indptr[lat + 1]]
+        assert np.all(np.diff(kept) > 0)
+        values = full.vals[full.indptr[lat]:full.indptr[lat + 1]]
+        assert np.sort(engine.postings.vals[engine.postings.indptr[lat]:engine.postings.indptr[lat + 1]]).tolist() == \
+            np.sort(values)[::-1][:limit][::-1].tolist()
     # a cut shortlist is a subset of the uncut one's reach: every result shares a read latent
     D, rows = engine.search(sparse(q), 10)
     assert (rows[:, 0] >= 0).all()
@@ -486,3 +491,33 @@ def test_constructor_rejects_unknown_engine():
 
     with pytest.raises(ValueError, match="unknown engine"):
         CSRIndex(8, k=2, engine="hnsw")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("budget", [1, 7, 50, 400, 5000])
+def test_shortlist_keeps_the_best_partial_scores(seed, budget):
+    """The pruned engine's linear-time selection equals a full sort (ties: lower doc first),
+    whatever the sampled threshold does: touched docs in a few runs, ties, skips, a scale."""
+    from csr_index.engines.kernels import _shortlist
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    acc = np.zeros(n, np.float32)
+    touched = rng.random(n) < [0.02, 0.3, 1.0, 0.5, 0.1, 0.7][seed]
+    if seed == 3:  # touched docs only off the sampled positions: the sample sees none of them
+        touched &= np.arange(n) % 16 != 0
+    acc[touched] = np.round(rng.normal(size=touched.sum()), 1 if seed == 4 else 6)  # seed 4: many ties
+    acc[touched & (acc == 0)] = 0.5
+    scale = rng.uniform(0.5, 2.0, n).astype(np.float32) if seed % 2 else np.empty(0, np.float32)
+    skip = (rng.random(n) < 0.1).astype(np.uint8) if seed in (1, 5) else np.empty(0, np.uint8)
+    off = np.float32(0.25)
+    score = (acc + off) * (scale if len(scale) else 1)
+    live = touched & ((skip == 0) if len(skip) else True)
+    order = np.lexsort((np.arange(n), -score))
+    want = np.sort(order[live[order]][:budget])
+    rows = np.empty(n + 1, np.int32)
+    got = _shortlist(acc.copy(), off, scale, skip, budget, rows)
+    np.testing.assert_array_equal(np.sort(rows[:got]), want)
+    work = acc.copy()
+    _shortlist(work, off, scale, skip, budget, rows)
+    assert not work.any()  # left cleared for the next query

@@ -38,18 +38,23 @@ class InvertedIndexEngine(SearchEngine):
 
     name = "inverted"
     exact = True
-    _order = "doc"  # posting-list order, see Postings.build
 
     def __init__(self, codes: SparseCodes, threads: int | None = None, values: str = "float32") -> None:
         super().__init__(codes)
         self.threads = check_positive(threads, "threads", allow_none=True)
         self.values = values
         start = time.perf_counter()
-        self.postings = Postings.build(codes, order=self._order, values=values)
+        self.list_limit = self._list_limit(codes)
+        """Entries each posting list keeps (None: all)."""
+        self.postings = Postings.build(codes, values=values, limit=self.list_limit)
         self.forward = ForwardIndex.build(codes, values=values)
         self._local = threading.local()
         log.debug("%s built in %.3f s (%d postings)", type(self).__name__, time.perf_counter() - start,
                   len(self.postings.docs))
+
+    def _list_limit(self, codes: SparseCodes) -> int | None:
+        """Entries each posting list keeps (None: all; see :meth:`Postings.build`)."""
+        return None
 
     @property
     def nbytes(self) -> int:

@@ -20,8 +20,10 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 __all__ = [
     "LUT",
@@ -30,6 +32,7 @@ __all__ = [
     "postings_topn",
     "forward_topn",
     "pruned_topn",
+    "prefetch",
     "value_of",
 ]
 
@@ -50,8 +53,8 @@ LUT = half_lut()
 
 class Workspace(NamedTuple):
     """Per-thread scratch of the term-at-a-time kernels, one row per chunk of queries: the score
-    accumulator and touched-doc marks (length n), the touched-doc list (n + 1), and a dense
-    query (length h). Kernels
+    accumulator and touched-doc marks (length n), a row buffer (n + 1: the exact engine's
+    touched docs, the pruned engine's shortlist), and a dense query (length h). Kernels
     leave it cleared, so an engine allocates it once per calling thread and reuses it: for a
     single query on 100k docs, allocating and zeroing it cost more than reading 2,000 postings."""
 
@@ -77,6 +80,37 @@ def _value_impl(vals, lut, e):
     if vals.dtype == types.uint16:  # float16 bits
         return lambda vals, lut, e: lut[vals[e]]
     return lambda vals, lut, e: np.float32(vals[e])
+
+
+@intrinsic
+def prefetch(typingctx, array, i):
+    """Hint the CPU to bring the cache line holding ``array[i]`` (1-D, C-contiguous) into
+    cache, without waiting for it: the row a loop will read a few iterations later is on its
+    way while the current one is scored (LLVM's ``llvm.prefetch``; a no-op where unsupported).
+    Scoring 1,000 random forward-index rows of pypi-100k took 0.19 ms per query without it,
+    0.06-0.08 ms prefetching 4 rows ahead."""
+    if not (isinstance(array, types.Array) and array.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arrayty = signature.args[0]
+        ary = context.make_array(arrayty)(context, builder, args[0])
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, arrayty, ary, [index], wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if str(byte_ptr) == "ptr" else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                            name)
+        # read access, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, i), codegen
+
+
+PREFETCH_AHEAD = 4
+"""Candidates ahead whose rows a scoring loop prefetches (4 measured best of 4 / 8 / 16)."""
 
 
 @njit(cache=True, inline="always")
@@ -145,16 +179,14 @@ def _offer(hv, hi, size, v, i):
 
 
 @njit(cache=True)
-def _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched):
-    """Term at a time: add the first ``cut`` query terms' products over at most ``limit``
-    entries of each posting list; returns the number of docs touched (listed in ``touched``)."""
+def _accumulate(q, qptr, qlat, qval, indptr, docs, vals, lut, acc, mark, touched):
+    """Term at a time: add every query term's products over its whole posting list; returns
+    the number of docs touched (listed in ``touched``, each once)."""
     nt = 0
-    for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
+    for p in range(qptr[q], qptr[q + 1]):
         lat = qlat[p]
         w = qval[p]
-        start = indptr[lat]
-        end = min(indptr[lat + 1], start + limit)
-        for e in range(start, end):  # branch-free: a doc seen before is written again and not counted
+        for e in range(indptr[lat], indptr[lat + 1]):  # branch-free: a doc seen before is written again, not counted
             d = docs[e]
             touched[nt] = d
             nt += 1 - mark[d]
@@ -192,7 +224,7 @@ def _postings_chunk(c, q0, q1, qptr, qlat, qval, indptr, docs, vals, lut, n, off
     hi = np.empty(topn, dtype=np.int64)
     for q in range(q0, q1):
         off = _query_offset(offset, q)
-        nt = _accumulate(q, qptr, qlat, qval, qptr[q + 1] - qptr[q], n, indptr, docs, vals, lut, acc, mark, touched)
+        nt = _accumulate(q, qptr, qlat, qval, indptr, docs, vals, lut, acc, mark, touched)
         size = _drain(nt, touched, acc, mark, off, scale, skip, hv, hi)
         _emit(hv, hi, size, out_d[q], out_i[q])
 
@@ -287,20 +319,101 @@ def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, sk
 
 
 @njit(cache=True)
-def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
+def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc):
+    """Add the first ``cut`` query terms' products over their whole (doc-ordered) posting
+    lists into ``acc``: each list sweeps the accumulator front to back, no touched-doc list."""
+    for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
+        lat = qlat[p]
+        w = qval[p]
+        for e in range(indptr[lat], indptr[lat + 1]):
+            acc[docs[e]] += w * value_of(vals, lut, e)
+
+
+SAMPLE_STRIDE = 16
+"""Every how many docs :func:`_shortlist` samples to estimate its threshold."""
+
+
+@njit(cache=True)
+def _collect(acc, tau, rows):
+    """Rows whose score in ``acc`` is >= ``tau`` (a finite number), in row order; returns how many."""
+    m = 0
+    for d in range(acc.shape[0]):
+        if acc[d] >= tau:
+            rows[m] = d
+            m += 1
+    return m
+
+
+@njit(cache=True)
+def _shortlist(acc, off, scale, skip, budget, rows):
+    """The ``budget`` best docs by partial score ``(acc[d] + off) * scale[d]`` among those the
+    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
+    order; returns how many (fewer when fewer were touched); leaves ``acc`` cleared.
+
+    Linear in n, no heap: the scores are formed in place (untouched / skipped: -inf), a
+    threshold that about 1.25 x ``budget`` docs pass is read off every SAMPLE_STRIDE-th doc,
+    the docs above it are collected, and only those few are cut to ``budget`` exactly (ties:
+    lower doc first). A threshold set too high (a sampling miss) is redone exactly."""
+    n = acc.shape[0]
+    ninf = np.float32(-np.inf)
+    if scale.shape[0] > 0:
+        for d in range(n):
+            a = acc[d]
+            acc[d] = (a + off) * scale[d] if a != 0.0 else ninf
+    else:
+        for d in range(n):
+            a = acc[d]
+            acc[d] = a + off if a != 0.0 else ninf
+    if skip.shape[0] > 0:
+        for d in range(n):
+            if skip[d] != 0:
+                acc[d] = ninf
+    lowest = np.float32(-3.4028235e38)  # the smallest finite float32: every touched doc passes it
+    tau = lowest
+    if budget < n:
+        sample = acc[::SAMPLE_STRIDE].copy()
+        want = min(len(sample), (5 * budget * len(sample)) // (4 * n) + 1)
+        tau = max(lowest, np.partition(sample, len(sample) - want)[len(sample) - want])
+    m = _collect(acc, tau, rows)
+    if m < budget and tau > lowest:  # the sample missed: the exact budget-th score
+        tau = max(lowest, np.partition(acc.copy(), n - budget)[n - budget])
+        m = _collect(acc, tau, rows)
+    if m > budget:
+        found = rows[:m].copy()
+        scores = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            scores[i] = acc[found[i]]
+        cut = np.partition(scores.copy(), m - budget)[m - budget]
+        kept = 0
+        for i in range(m):  # strictly above the cut, then ties at it in doc order
+            if scores[i] > cut:
+                rows[kept] = found[i]
+                kept += 1
+        for i in range(m):
+            if kept == budget:
+                break
+            if scores[i] == cut:
+                rows[kept] = found[i]
+                kept += 1
+        rows[:kept] = np.sort(rows[:kept])
+        m = kept
+    acc[:] = 0.0
+    return m
+
+
+@njit(cache=True)
+def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
                   indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
-    acc, mark, touched, qdense = work.acc[c], work.mark[c], work.touched[c], work.qdense[c]
+    acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
     topn = out_d.shape[1]
-    cv = np.empty(candidates, dtype=np.float32)
-    ci = np.empty(candidates, dtype=np.int64)
     hv = np.empty(topn, dtype=np.float32)
     hi = np.empty(topn, dtype=np.int64)
     has_scale = scale.shape[0] > 0
     for q in range(q0, q1):
         off = _query_offset(offset, q)
-        # 1. shortlist: partial scores of the query terms over (pruned) posting lists
-        nt = _accumulate(q, qptr, qlat, qval, cut, limit, indptr, docs, vals, lut, acc, mark, touched)
-        csize = _drain(nt, touched, acc, mark, off, scale, skip, cv, ci)
+        # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc)
+        csize = _shortlist(acc, off, scale, skip, candidates, rows)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
@@ -309,8 +422,12 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
                 qdense[qlat[p]] = qval[p]
             qrow = qdense
         size = 0
-        for c in range(csize):
-            d = ci[c]
+        for r in range(csize):
+            if r + PREFETCH_AHEAD < csize:  # random rows: fetch the next ones while scoring this
+                ahead = rows[r + PREFETCH_AHEAD]
+                prefetch(fwd_idx[ahead], 0)
+                prefetch(fwd_val[ahead], 0)
+            d = rows[r]
             s = _forward_score(qrow, fwd_idx, fwd_val, lut, d) + off
             if has_scale:
                 s *= scale[d]
@@ -322,23 +439,24 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, limit, candidates,
 
 
 @njit(cache=True, parallel=True)
-def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
+def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
-        _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, limit, candidates,
+        _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
                       indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i)
 
 
-def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, limit: int, candidates: int,
+def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int,
                 indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i
                 ) -> None:
     """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
-    over the first ``limit`` entries of each posting list, then return the top-n of the shortlist by exact
-    score: the whole sparse query (``qptr``/``qlat``/``qval``), or the dense query ``dense``
-    (nq, h) when it is not empty, against the forward index."""
+    over their posting lists (doc-ordered, pruned as the engine built them), then return the top-n
+    of the shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
+    dense query ``dense`` (nq, h) when it is not empty, against the forward index. ``work``
+    holds one cleared accumulator and an n-row buffer per thread (see :class:`Workspace`)."""
     nq = len(qptr) - 1
-    args = (qptr, qlat, qval, dense, cut, limit, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+    args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
             offset, scale, skip, work, out_d, out_i)
     if min(threads, nq) <= 1:
         _pruned_chunk(0, 0, nq, *args)

@@ -19,19 +19,19 @@ def _encode_values(values: np.ndarray, value_type: str) -> tuple[np.ndarray, np.
     if value_type not in VALUE_TYPES:
         raise ValueError(f"values must be one of {VALUE_TYPES}, got {value_type!r}")
     if value_type == "float16":
-        return np.ascontiguousarray(values.astype(np.float16)).view(np.uint16), LUT
+        return np.ascontiguousarray(values.astype(np.float16, copy=False)).view(np.uint16), LUT
     return np.ascontiguousarray(values, dtype=np.float32), np.empty(0, dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class Postings:
-    """For each latent l, the docs where it fires: ``docs[indptr[l]:indptr[l + 1]]`` (int32)
-    with their code values ``vals`` (float32, or float16 bits read through ``lut``).
+    """For each latent l, the docs where it fires, in doc order: ``docs[indptr[l]:indptr[l + 1]]``
+    (int32) with their code values ``vals`` (float32, or float16 bits read through ``lut``).
 
-    ``order="doc"`` keeps each list in doc order (best memory locality for exact scoring);
-    ``order="value"`` sorts each list by decreasing value, so its first ``limit`` entries
-    are the list statically pruned to its ``limit`` strongest docs (Seismic's lambda).
-    Empty slots (value 0) are not posted.
+    ``limit`` prunes statically (Seismic's lambda): each list keeps only its ``limit``
+    strongest entries (largest values; ties: lower doc first), still in doc order, so a
+    term-at-a-time pass writes its accumulator front to back. Empty slots (value 0) are
+    not posted.
     """
 
     indptr: np.ndarray
@@ -40,19 +40,22 @@ class Postings:
     lut: np.ndarray
 
     @classmethod
-    def build(cls, codes: SparseCodes, order: str = "doc", values: str = "float32") -> "Postings":
-        if order not in ("doc", "value"):
-            raise ValueError(f"order must be 'doc' or 'value', got {order!r}")
+    def build(cls, codes: SparseCodes, values: str = "float32", limit: int | None = None) -> "Postings":
         if codes.n >= 1 << 31:
             raise ValueError(f"at most 2**31 - 1 docs per engine, got {codes.n}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of entries per list or None, got {limit!r}")
         nz = codes.values != 0
         lat = codes.indices[nz].astype(np.int64)
-        doc = np.nonzero(nz)[0].astype(np.int32)
+        doc = np.nonzero(nz)[0].astype(np.int32)  # entries come doc by doc
         val = codes.values[nz].astype(np.float32)
-        if order == "doc":
-            perm = np.argsort(lat, kind="stable")  # rows are visited in doc order already
-        else:
-            perm = np.lexsort((-val, lat))
+        if limit is not None:
+            strongest = np.lexsort((doc, -val, lat))  # by list, then value descending, then doc
+            counts = np.bincount(lat, minlength=codes.h)
+            rank = np.arange(len(lat)) - (np.cumsum(counts) - counts)[lat[strongest]]
+            keep = np.sort(strongest[rank < limit])  # back to doc-by-doc order
+            lat, doc, val = lat[keep], doc[keep], val[keep]
+        perm = np.argsort(lat, kind="stable")  # each list in doc order
         indptr = np.zeros(codes.h + 1, dtype=np.int64)
         np.cumsum(np.bincount(lat, minlength=codes.h), out=indptr[1:])
         vals, lut = _encode_values(val[perm], values)

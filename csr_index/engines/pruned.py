@@ -17,11 +17,12 @@ class PrunedEngine(InvertedIndexEngine):
     """Fast approximate search in two stages, as Seismic does for learned sparse vectors.
 
     1. Shortlist: the posting lists of the query's ``query_cut`` largest terms (of the
-       ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are read, each up to
-       its strongest ``list_cut`` x (mean list length) entries (lists are sorted by decreasing
-       value: static pruning of the longest lists, relative so it holds at any size), and the
-       ``candidates`` best docs by that partial score are kept (``candidates`` x ``share`` for a
-       segment that holds that share of the collection's rows).
+       ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are added term at a time
+       into a dense accumulator. Each list holds only its strongest ``list_cut`` x (mean list
+       length) entries (static pruning of the longest lists at build, relative so it holds at
+       any size), in doc order. The ``candidates`` best docs by that partial score are kept
+       (``candidates`` x ``share`` for a segment that holds that share of the collection's
+       rows) by one linear pass with a sampled threshold, not a heap.
     2. The shortlist is scored exactly with the whole query (the dense projection in
        asymmetric scoring, all the terms in code scoring) against the forward index
        (k look-ups per doc), and the top-n is returned.
@@ -35,7 +36,6 @@ class PrunedEngine(InvertedIndexEngine):
 
     name = "pruned"
     exact = False
-    _order = "value"
 
     def __init__(
         self,
@@ -54,8 +54,13 @@ class PrunedEngine(InvertedIndexEngine):
         self.list_cut = None if list_cut is None else float(list_cut)
         self.full_scan_below = int(full_scan_below)
         super().__init__(codes, threads=threads, values=values)
-        mean_list = len(self.postings.docs) / max(1, int((self.postings.lengths > 0).sum()))
-        self._limit = self.n if list_cut is None else max(1, min(self.n, int(np.ceil(self.list_cut * mean_list))))
+
+    def _list_limit(self, codes: SparseCodes) -> int | None:
+        if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment is scanned exactly
+            return None
+        nonzero = codes.values != 0
+        lists = len(np.unique(codes.indices[nonzero]))
+        return max(1, int(np.ceil(self.list_cut * nonzero.sum() / max(1, lists))))
 
     def options(self) -> dict:
         return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,
@@ -73,6 +78,6 @@ class PrunedEngine(InvertedIndexEngine):
         budget = None if self.candidates is None else int(np.ceil(self.candidates * share))
         shortlist = self.n if budget is None else min(self.n, max(budget, topn))
         p, f = self.postings, self.forward
-        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, self._limit, shortlist, p.indptr, p.docs, p.vals,
+        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
                             f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i
