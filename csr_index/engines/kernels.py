@@ -334,11 +334,11 @@ SAMPLE_STRIDE = 16
 
 
 @njit(cache=True)
-def _collect(acc, tau, rows):
-    """Rows whose score in ``acc`` is >= ``tau`` (a finite number), in row order; returns how many."""
+def _collect(scores, tau, rows):
+    """Rows whose score is >= ``tau`` (finite), in row order; returns how many."""
     m = 0
-    for d in range(acc.shape[0]):
-        if acc[d] >= tau:
+    for d in range(scores.shape[0]):
+        if scores[d] >= tau:  # rarely true: a predictable branch
             rows[m] = d
             m += 1
     return m
@@ -350,10 +350,11 @@ def _shortlist(acc, off, scale, skip, budget, rows):
     terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
     order; returns how many (fewer when fewer were touched); leaves ``acc`` cleared.
 
-    Linear in n, no heap: the scores are formed in place (untouched / skipped: -inf), a
-    threshold that about 1.25 x ``budget`` docs pass is read off every SAMPLE_STRIDE-th doc,
-    the docs above it are collected, and only those few are cut to ``budget`` exactly (ties:
-    lower doc first). A threshold set too high (a sampling miss) is redone exactly."""
+    Linear in n, no heap over the touched docs: the scores are formed in place (untouched
+    or skipped: -inf; a vectorised pass), a threshold that about 1.25 x ``budget`` docs pass
+    is read off every SAMPLE_STRIDE-th doc, one pass collects the docs above it, and only
+    those few are cut to ``budget`` exactly (ties: lower doc first). A threshold set too high
+    (a sampling miss, rare) is redone exactly."""
     n = acc.shape[0]
     ninf = np.float32(-np.inf)
     if scale.shape[0] > 0:
@@ -371,9 +372,15 @@ def _shortlist(acc, off, scale, skip, budget, rows):
     lowest = np.float32(-3.4028235e38)  # the smallest finite float32: every touched doc passes it
     tau = lowest
     if budget < n:
-        sample = acc[::SAMPLE_STRIDE].copy()
-        want = min(len(sample), (5 * budget * len(sample)) // (4 * n) + 1)
-        tau = max(lowest, np.partition(sample, len(sample) - want)[len(sample) - want])
+        ns = (n + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
+        want = min(ns, (5 * budget * ns) // (4 * n) + 1)
+        hv = np.empty(want, dtype=np.float32)
+        hi = np.empty(want, dtype=np.int64)
+        size = 0
+        for i in range(ns):
+            size = _offer(hv, hi, size, acc[i * SAMPLE_STRIDE], i)
+        if size == want:
+            tau = max(lowest, hv[0])
     m = _collect(acc, tau, rows)
     if m < budget and tau > lowest:  # the sample missed: the exact budget-th score
         tau = max(lowest, np.partition(acc.copy(), n - budget)[n - budget])
