@@ -225,6 +225,11 @@ def test_stats(make_index, corpus):
     postings = (8 * nnz + 8 * (index.h + 1)) / len(corpus)  # int32 doc + float32 value, int64 offsets
     assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + 2 * index.d + postings, abs=0.1)
     assert s["memory_postings_bytes_per_vector"] == pytest.approx(postings, abs=0.1)
+    index.search(corpus[:2])  # builds the engine: its own arrays are counted from then on
+    engine = index._store.snapshot.segments[0].engine(index._engine_spec)
+    built = index.stats()["memory_postings_bytes_per_vector"]
+    assert built == pytest.approx(engine.nbytes / len(corpus), abs=0.1)
+    assert built == pytest.approx((6 * nnz + 8 * (index.h + 1)) / len(corpus), abs=0.1)  # float16 values, codes viewed
     assert s["dense_float32_bytes_per_vector"] == 4 * index.d
     assert 0 < s["mean_nonzeros_per_code"] <= index.k
     assert 0 <= s["latents_unused_by_stored_codes"] < index.h

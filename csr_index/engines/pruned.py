@@ -45,7 +45,7 @@ class PrunedEngine(InvertedIndexEngine):
         list_cut: float | None = 1.5,
         full_scan_below: int = 4096,
         threads: int | None = None,
-        values: str = "float32",
+        values: str | None = None,
     ) -> None:
         self.query_cut = check_positive(query_cut, "query_cut", allow_none=True)
         self.candidates = check_positive(candidates, "candidates", allow_none=True)
