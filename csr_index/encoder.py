@@ -21,7 +21,7 @@ from .config import CSRConfig
 from .errors import NotTrainedError
 from .model import SparseAdapter
 from .progress import progress_bar
-from .sparsify import encode_rows
+from .sparsify import encode_rows, support_rows
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive
 
@@ -254,10 +254,7 @@ class CSREncoder:
         offset = xs @ pre_bias
         if k is None:
             return projected, offset, None
-        score = projected + shift
-        support = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < self.h else np.tile(np.arange(self.h), (len(xs), 1))
-        support[np.take_along_axis(score - selection_bias, support, axis=1) <= 0] = -1  # ReLU of the unbiased value
-        return projected, offset, support
+        return projected, offset, support_rows(projected + shift, selection_bias, k)
 
     def decode(self, codes: SparseCodes) -> np.ndarray:
         """Reconstruct dense float32 vectors (n, d) from codes."""

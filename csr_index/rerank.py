@@ -107,7 +107,7 @@ def rerank_topn(
         raise ValueError(f"vectors must be float32, float16 or int8, got {vectors.dtype}")
     sc = np.empty(0, dtype=np.float32) if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
     out_d, out_i = empty_result(len(q), topn)
-    nchunks = max(1, min(numba.get_num_threads() if threads is None else int(threads), len(q)))
+    nchunks = 1 if len(q) <= 1 else max(1, min(numba.get_num_threads() if threads is None else int(threads), len(q)))
     if nchunks == 1:
         _rerank_chunk(0, len(q), q, cand, vectors, lut, sc, out_d, out_i)
     else:

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from .engines.kernels import _offer
 
-__all__ = ["encode_rows"]
+__all__ = ["encode_rows", "support_rows"]
 
 
 @njit(cache=True, inline="always")
@@ -150,3 +150,38 @@ def encode_rows(pre: np.ndarray, k: int, gram: np.ndarray, latent_bias: np.ndarr
     else:
         _encode_parallel(nchunks, *args)
     return out_idx, out_val, out_norm
+
+
+@njit(cache=True)
+def _support_chunk(r0, r1, score, unbias, k, out):
+    idx = np.empty(k, dtype=np.int64)
+    key = np.empty(k, dtype=np.float32)
+    none = np.empty(0, dtype=np.float32)
+    for r in range(r0, r1):
+        row = score[r]
+        _top_k(row, none, idx, key)
+        for a in range(k):
+            out[r, a] = idx[a] if row[idx[a]] - unbias[idx[a]] > 0.0 else -1
+
+
+@njit(cache=True, parallel=True)
+def _support_parallel(nchunks, score, unbias, k, out):
+    n = score.shape[0]
+    for c in prange(nchunks):
+        _support_chunk(c * n // nchunks, (c + 1) * n // nchunks, score, unbias, k, out)
+
+
+def support_rows(score: np.ndarray, unbias: np.ndarray, k: int) -> np.ndarray:
+    """Support of each row's k-code (n, k) int64, unordered: the k largest ``score`` (n, h)
+    entries (selection scores), -1 in the slots whose unbiased value ``score - unbias`` is not
+    positive (ReLU empties them). Compiled: for one query, numpy's argpartition and the
+    gathers around it cost more than the heap."""
+    score = np.ascontiguousarray(score, dtype=np.float32)
+    out = np.empty((score.shape[0], k), dtype=np.int64)
+    args = (score, np.ascontiguousarray(unbias, dtype=np.float32), int(k), out)
+    nchunks = min(numba.get_num_threads(), max(1, score.shape[0] // 256))
+    if nchunks <= 1:
+        _support_chunk(0, score.shape[0], *args)
+    else:
+        _support_parallel(nchunks, *args)
+    return out

@@ -83,7 +83,7 @@ def warm_up() -> float:
     threaded batch, the float16 re-rank — and of encoding, so that cost is paid here, visibly, not by the
     first search. Returns the seconds it took."""
     from ..rerank import rerank_topn
-    from ..sparsify import encode_rows
+    from ..sparsify import encode_rows, support_rows
 
     start = time.perf_counter()
     rng = np.random.default_rng(0)
@@ -96,6 +96,7 @@ def warm_up() -> float:
                 make_engine(name, docs, threads=2).search(batch, 5, np.ones(64, np.float32), np.zeros(64, np.uint8))
         rerank_topn(rng.random((nq, 8), np.float32), np.zeros((nq, 4), np.int64), rng.random((64, 8)).astype(np.float16),
                     2, threads=2)
+    support_rows(rng.random((1, 16), np.float32), np.zeros(16, np.float32), 4)
     gram = rng.random((16, 16), np.float32)
     encode_rows(rng.random((600, 16), np.float32), 4, gram @ gram.T + np.eye(16, dtype=np.float32),
                 np.zeros(16, np.float32), np.zeros(16, np.float32), 0.0, refit=True)

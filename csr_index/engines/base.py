@@ -27,6 +27,7 @@ import numpy as np
 
 from ..codes import SparseCodes
 from ..validation import check_positive
+from .kernels import query_csr
 
 __all__ = ["QueryBatch", "SearchEngine", "empty_result", "top_entries", "sparse_query_arrays", "kernel_vector"]
 
@@ -148,14 +149,7 @@ def sparse_query_arrays(terms: SparseCodes) -> tuple[np.ndarray, np.ndarray, np.
 
     Duplicate latents within a row are not merged (a code never has them).
     """
-    values = np.asarray(terms.values, dtype=np.float32)
-    order = np.argsort(-np.abs(values), axis=1, kind="stable")
-    values = np.take_along_axis(values, order, axis=1)
-    latents = np.take_along_axis(np.asarray(terms.indices), order, axis=1).astype(np.int32)
-    keep = values != 0
-    indptr = np.zeros(terms.n + 1, dtype=np.int64)
-    np.cumsum(keep.sum(axis=1), out=indptr[1:])
-    return indptr, np.ascontiguousarray(latents[keep]), np.ascontiguousarray(values[keep])
+    return query_csr(np.ascontiguousarray(terms.indices), np.ascontiguousarray(terms.values, dtype=np.float32))
 
 
 def kernel_vector(x: np.ndarray | None, length: int, name: str, dtype: Any = np.float32) -> np.ndarray:

@@ -68,16 +68,18 @@ class InvertedIndexEngine(SearchEngine):
     def options(self) -> dict:
         return {"threads": self.threads, "values": self.values}
 
-    @property
-    def workers(self) -> int:
-        """Threads a batch is split over: ``threads``, or numba's current count when None
-        (``numba.set_num_threads``), capped by the size of numba's pool."""
+    def workers(self, nq: int) -> int:
+        """Threads a batch of ``nq`` queries is split over: ``threads``, or numba's current count
+        when None (``numba.set_num_threads``), capped by the size of numba's pool and by ``nq``
+        (a single query runs serially, without asking numba)."""
+        if nq <= 1:
+            return 1
         wanted = numba.get_num_threads() if self.threads is None else self.threads
-        return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
+        return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, nq))
 
     def workspace(self, nq: int) -> kernels.Workspace:
         """This thread's scratch for a batch of ``nq`` queries (allocated on first use, then reused)."""
-        chunks = max(1, min(self.workers, nq))
+        chunks = self.workers(nq)
         work = getattr(self._local, "work", None)
         if work is None or work.acc.shape[0] < chunks:
             work = self._local.work = kernels.Workspace.empty(chunks, self.n, self.h)
@@ -93,10 +95,10 @@ class InvertedIndexEngine(SearchEngine):
         if queries.dense is not None:
             f = self.forward
             dense = np.ascontiguousarray(queries.dense, dtype=np.float32)
-            kernels.forward_topn(self.workers, dense, f.idx, f.vals, f.lut, off, sc, sk, out_d, out_i)
+            kernels.forward_topn(self.workers(queries.n), dense, f.idx, f.vals, f.lut, off, sc, sk, out_d, out_i)
         else:
             qptr, qlat, qval = sparse_query_arrays(queries.terms)
             p = self.postings
-            kernels.postings_topn(self.workers, qptr, qlat, qval, p.indptr, p.docs, p.vals, p.lut, self.n,
+            kernels.postings_topn(self.workers(queries.n), qptr, qlat, qval, p.indptr, p.docs, p.vals, p.lut, self.n,
                                   off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i

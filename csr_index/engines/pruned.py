@@ -78,6 +78,6 @@ class PrunedEngine(InvertedIndexEngine):
         budget = None if self.candidates is None else int(np.ceil(self.candidates * share))
         shortlist = self.n if budget is None else min(self.n, max(budget, topn))
         p, f = self.postings, self.forward
-        kernels.pruned_topn(self.workers, qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
+        kernels.pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
                             f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i
