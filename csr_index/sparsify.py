@@ -22,14 +22,48 @@ from .engines.kernels import _offer
 __all__ = ["encode_rows", "support_rows"]
 
 
+TOPK_BLOCK = 16
+"""Entries per block whose maximum :func:`_top_k` takes to bound the k-th largest entry."""
+
+
+@njit(cache=True)
+def top_k_scratch(h):
+    """The scratch :func:`_top_k` needs for rows of length ``h``: the scores and the block maxima."""
+    return np.empty(h, dtype=np.float32), np.empty((h + TOPK_BLOCK - 1) // TOPK_BLOCK, dtype=np.float32)
+
+
 @njit(cache=True, inline="always")
-def _top_k(row, select, idx, key):
-    """Indices of the len(key) largest ``row + select`` into ``idx`` (the engines' bounded min-heap on
-    ``key``), unordered."""
-    has_select = select.shape[0] > 0
+def _top_k(row, select, idx, key, scores, block_max):
+    """Indices of the len(key) largest ``row + select`` into ``idx``, unordered (ties: the
+    earlier entry), through the engines' bounded min-heap on ``key``. Only entries at or above
+    the k-th largest block maximum are offered: every one of the k blocks with the largest
+    maxima holds an entry that high, so nothing below it can be in the top k. That bound costs
+    one vectorised pass; the heap then sees a few dozen entries instead of all h (for h = 1536,
+    k = 32: the encode kernel without refit 14 -> 8 us per row)."""
+    h = row.shape[0]
+    k = idx.shape[0]
+    if select.shape[0] > 0:
+        for j in range(h):
+            scores[j] = row[j] + select[j]
+    else:
+        for j in range(h):
+            scores[j] = row[j]
+    nb = block_max.shape[0]
+    tau = np.float32(-np.inf)
+    if nb > k:
+        for b in range(nb):
+            m = np.float32(-np.inf)
+            for j in range(b * TOPK_BLOCK, min(h, (b + 1) * TOPK_BLOCK)):
+                m = max(m, scores[j])
+            block_max[b] = m
+        size = 0
+        for b in range(nb):
+            size = _offer(key, idx, size, block_max[b], b)
+        tau = key[0]
     size = 0
-    for j in range(row.shape[0]):
-        size = _offer(key, idx, size, row[j] + select[j] if has_select else row[j], j)
+    for j in range(h):
+        if scores[j] >= tau:
+            size = _offer(key, idx, size, scores[j], j)
 
 
 @njit(cache=True, inline="always")
@@ -66,12 +100,13 @@ def _cholesky_solve(a, b, k):
 def _encode_chunk(r0, r1, pre, select, k, refit, ridge, gram, latent_bias, w_bias, bias_sq, out_idx, out_val, out_norm):
     idx = np.empty(k, dtype=np.int64)
     key = np.empty(k, dtype=np.float32)
+    scores, block_max = top_k_scratch(pre.shape[1])
     g = np.empty((k, k), dtype=np.float64)
     chol = np.empty((k, k), dtype=np.float64)
     val = np.empty(k, dtype=np.float64)
     for r in range(r0, r1):
         row = pre[r]
-        _top_k(row, select, idx, key)
+        _top_k(row, select, idx, key, scores, block_max)
         for a in range(k):
             ia = idx[a]
             for b in range(a + 1):
@@ -157,9 +192,10 @@ def _support_chunk(r0, r1, score, unbias, k, out):
     idx = np.empty(k, dtype=np.int64)
     key = np.empty(k, dtype=np.float32)
     none = np.empty(0, dtype=np.float32)
+    scores, block_max = top_k_scratch(score.shape[1])
     for r in range(r0, r1):
         row = score[r]
-        _top_k(row, none, idx, key)
+        _top_k(row, none, idx, key, scores, block_max)
         for a in range(k):
             out[r, a] = idx[a] if row[idx[a]] - unbias[idx[a]] > 0.0 else -1
 
