@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from ..codes import SparseCodes
 from .kernels import LUT
@@ -21,6 +22,57 @@ def _encode_values(values: np.ndarray, value_type: str) -> tuple[np.ndarray, np.
     if value_type == "float16":
         return np.ascontiguousarray(values.astype(np.float16, copy=False)).view(np.uint16), LUT
     return np.ascontiguousarray(values, dtype=np.float32), np.empty(0, dtype=np.float32)
+
+
+@njit(cache=True)
+def _build_lists(indices, values, h, limit):
+    """Counting sort of the non-zero slots of codes (n, k) into doc-ordered lists per latent
+    (indptr, docs, values); with ``limit`` > 0 each longer list then keeps its ``limit`` largest
+    values (ties: lower doc first), in doc order. Linear in the number of slots."""
+    n, k = indices.shape
+    counts = np.zeros(h + 1, dtype=np.int64)
+    for d in range(n):
+        for j in range(k):
+            if values[d, j] != 0:
+                counts[indices[d, j] + 1] += 1
+    indptr = np.cumsum(counts)
+    fill = indptr[:-1].copy()
+    docs = np.empty(indptr[-1], dtype=np.int32)
+    vals = np.empty(indptr[-1], dtype=np.float32)
+    for d in range(n):  # docs in order: each list comes out in doc order
+        for j in range(k):
+            v = values[d, j]
+            if v != 0:
+                e = fill[indices[d, j]]
+                docs[e] = d
+                vals[e] = v
+                fill[indices[d, j]] = e + 1
+    if limit <= 0:
+        return indptr, docs, vals
+    kept = np.zeros(h + 1, dtype=np.int64)
+    for lat in range(h):
+        kept[lat + 1] = kept[lat] + min(limit, indptr[lat + 1] - indptr[lat])
+    out_docs = np.empty(kept[-1], dtype=np.int32)
+    out_vals = np.empty(kept[-1], dtype=np.float32)
+    for lat in range(h):
+        lo, hi, o = indptr[lat], indptr[lat + 1], kept[lat]
+        if hi - lo <= limit:
+            out_docs[o : o + hi - lo] = docs[lo:hi]
+            out_vals[o : o + hi - lo] = vals[lo:hi]
+            continue
+        cut = np.partition(vals[lo:hi].copy(), hi - lo - limit)[hi - lo - limit]  # the limit-th largest
+        above = 0
+        for e in range(lo, hi):
+            above += vals[e] > cut
+        ties = limit - above  # entries equal to the cut that fit, the lowest docs first
+        for e in range(lo, hi):
+            if vals[e] > cut or (vals[e] == cut and ties > 0):
+                if vals[e] == cut:
+                    ties -= 1
+                out_docs[o] = docs[e]
+                out_vals[o] = vals[e]
+                o += 1
+    return kept, out_docs, out_vals
 
 
 @dataclass(frozen=True)
@@ -45,21 +97,13 @@ class Postings:
             raise ValueError(f"at most 2**31 - 1 docs per engine, got {codes.n}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be a positive number of entries per list or None, got {limit!r}")
-        nz = codes.values != 0
-        lat = codes.indices[nz].astype(np.int64)
-        doc = np.nonzero(nz)[0].astype(np.int32)  # entries come doc by doc
-        val = codes.values[nz].astype(np.float32)
-        if limit is not None:
-            strongest = np.lexsort((doc, -val, lat))  # by list, then value descending, then doc
-            counts = np.bincount(lat, minlength=codes.h)
-            rank = np.arange(len(lat)) - (np.cumsum(counts) - counts)[lat[strongest]]
-            keep = np.sort(strongest[rank < limit])  # back to doc-by-doc order
-            lat, doc, val = lat[keep], doc[keep], val[keep]
-        perm = np.argsort(lat, kind="stable")  # each list in doc order
-        indptr = np.zeros(codes.h + 1, dtype=np.int64)
-        np.cumsum(np.bincount(lat, minlength=codes.h), out=indptr[1:])
-        vals, lut = _encode_values(val[perm], values)
-        return cls(indptr, np.ascontiguousarray(doc[perm]), vals, lut)
+        if values not in VALUE_TYPES:
+            raise ValueError(f"values must be one of {VALUE_TYPES}, got {values!r}")
+        indptr, docs, vals = _build_lists(np.ascontiguousarray(codes.indices),
+                                          np.ascontiguousarray(codes.values, dtype=np.float32), codes.h,
+                                          0 if limit is None else int(limit))
+        vals, lut = _encode_values(vals, values)
+        return cls(indptr, docs, vals, lut)
 
     @property
     def lengths(self) -> np.ndarray:
