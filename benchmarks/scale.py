@@ -56,8 +56,9 @@ def encode_speed(index: CSRIndex, xb: np.ndarray) -> dict:
         select = a.selection_bias.numpy() if bool(a.selection_bias.any()) else None
         kernel_args = (gram, a.latent_bias.numpy(), w_bias, float(a.pre_bias.pow(2).sum()))
         parts = {}
+        buffer = torch.addmm(shift, xb_t, a.W.T)  # encode_prepared reuses one output buffer, as here
         start = time.perf_counter()
-        pre = torch.addmm(shift, xb_t, a.W.T).numpy()
+        pre = torch.addmm(shift, xb_t, a.W.T, out=buffer).numpy()
         parts["matmul"] = time.perf_counter() - start
         for refit in (False, True):
             start = time.perf_counter()
