@@ -498,7 +498,7 @@ def test_constructor_rejects_unknown_engine():
 def test_shortlist_keeps_the_best_partial_scores(seed, budget):
     """The pruned engine's linear-time selection equals a full sort (ties: lower doc first),
     whatever the sampled threshold does: touched docs in a few runs, ties, skips, a scale."""
-    from csr_index.engines.kernels import _shortlist
+    from csr_index.engines.shortlist import _shortlist
 
     rng = np.random.default_rng(seed)
     n = 3000

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..codes import SparseCodes
 from ..validation import check_positive
-from . import kernels
+from .shortlist import pruned_topn
 from .base import empty_result, sparse_query_arrays
 from .inverted import InvertedIndexEngine
 
@@ -78,6 +78,6 @@ class PrunedEngine(InvertedIndexEngine):
         budget = None if self.candidates is None else int(np.ceil(self.candidates * share))
         shortlist = self.n if budget is None else min(self.n, max(budget, topn))
         p, f = self.postings, self.forward
-        kernels.pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
+        pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
                             f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i)
         return out_d, out_i

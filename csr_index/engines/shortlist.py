@@ -1,0 +1,170 @@
+"""Compiled (numba) kernels of the pruned engine: a sparse shortlist, then exact scores.
+
+Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically pruned when
+the engine was built) are added into a dense per-thread accumulator; the ``candidates`` best
+docs by that partial score are selected in linear time (:func:`_shortlist`); those are scored
+exactly against the forward index, prefetching the rows a few candidates ahead; a bounded
+heap keeps the top-n. Array conventions are those of :mod:`csr_index.engines.kernels`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _offer, _query_offset, prefetch, value_of
+
+__all__ = ["pruned_topn"]
+
+
+@njit(cache=True)
+def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc):
+    """Add the first ``cut`` query terms' products over their whole (doc-ordered) posting
+    lists into ``acc``: each list sweeps the accumulator front to back, no touched-doc list."""
+    for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
+        lat = qlat[p]
+        w = qval[p]
+        for e in range(indptr[lat], indptr[lat + 1]):
+            acc[docs[e]] += w * value_of(vals, lut, e)
+
+
+SAMPLE_STRIDE = 16
+"""Every how many docs :func:`_shortlist` samples to estimate its threshold."""
+
+
+@njit(cache=True)
+def _collect(scores, tau, rows):
+    """Rows whose score is >= ``tau`` (finite), in row order; returns how many."""
+    m = 0
+    for d in range(scores.shape[0]):
+        if scores[d] >= tau:  # rarely true: a predictable branch
+            rows[m] = d
+            m += 1
+    return m
+
+
+@njit(cache=True)
+def _shortlist(acc, off, scale, skip, budget, rows):
+    """The ``budget`` best docs by partial score ``(acc[d] + off) * scale[d]`` among those the
+    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
+    order; returns how many (fewer when fewer were touched); leaves ``acc`` cleared.
+
+    Linear in n, no heap over the touched docs: the scores are formed in place (untouched
+    or skipped: -inf; a vectorised pass), a threshold that about 1.25 x ``budget`` docs pass
+    is read off every SAMPLE_STRIDE-th doc, one pass collects the docs above it, and only
+    those few are cut to ``budget`` exactly (ties: lower doc first). A threshold set too high
+    (a sampling miss, rare) is redone exactly."""
+    n = acc.shape[0]
+    ninf = np.float32(-np.inf)
+    if scale.shape[0] > 0:
+        for d in range(n):
+            a = acc[d]
+            acc[d] = (a + off) * scale[d] if a != 0.0 else ninf
+    else:
+        for d in range(n):
+            a = acc[d]
+            acc[d] = a + off if a != 0.0 else ninf
+    if skip.shape[0] > 0:
+        for d in range(n):
+            if skip[d] != 0:
+                acc[d] = ninf
+    lowest = np.float32(-3.4028235e38)  # the smallest finite float32: every touched doc passes it
+    tau = lowest
+    if budget < n:
+        ns = (n + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
+        want = min(ns, (5 * budget * ns) // (4 * n) + 1)
+        hv = np.empty(want, dtype=np.float32)
+        hi = np.empty(want, dtype=np.int64)
+        size = 0
+        for i in range(ns):
+            size = _offer(hv, hi, size, acc[i * SAMPLE_STRIDE], i)
+        if size == want:
+            tau = max(lowest, hv[0])
+    m = _collect(acc, tau, rows)
+    if m < budget and tau > lowest:  # the sample missed: the exact budget-th score
+        tau = max(lowest, np.partition(acc.copy(), n - budget)[n - budget])
+        m = _collect(acc, tau, rows)
+    if m > budget:
+        found = rows[:m].copy()
+        scores = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            scores[i] = acc[found[i]]
+        cut = np.partition(scores.copy(), m - budget)[m - budget]
+        kept = 0
+        for i in range(m):  # strictly above the cut, then ties at it in doc order
+            if scores[i] > cut:
+                rows[kept] = found[i]
+                kept += 1
+        for i in range(m):
+            if kept == budget:
+                break
+            if scores[i] == cut:
+                rows[kept] = found[i]
+                kept += 1
+        rows[:kept] = np.sort(rows[:kept])
+        m = kept
+    acc[:] = 0.0
+    return m
+
+
+@njit(cache=True)
+def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
+                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
+    acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
+    topn = out_d.shape[1]
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    has_scale = scale.shape[0] > 0
+    for q in range(q0, q1):
+        off = _query_offset(offset, q)
+        # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc)
+        csize = _shortlist(acc, off, scale, skip, candidates, rows)
+        # 2. exact scores of the shortlist with the whole query, from the forward index
+        if dense.shape[0] > 0:
+            qrow = dense[q]
+        else:
+            for p in range(qptr[q], qptr[q + 1]):
+                qdense[qlat[p]] = qval[p]
+            qrow = qdense
+        size = 0
+        for r in range(csize):
+            if r + PREFETCH_AHEAD < csize:  # random rows: fetch the next ones while scoring this
+                ahead = rows[r + PREFETCH_AHEAD]
+                prefetch(fwd_idx[ahead], 0)
+                prefetch(fwd_val[ahead], 0)
+            d = rows[r]
+            s = _forward_score(qrow, fwd_idx, fwd_val, lut, d) + off
+            if has_scale:
+                s *= scale[d]
+            size = _offer(hv, hi, size, s, d)
+        if dense.shape[0] == 0:
+            for p in range(qptr[q], qptr[q + 1]):
+                qdense[qlat[p]] = 0.0
+        _emit(hv, hi, size, out_d[q], out_i[q])
+
+
+@njit(cache=True, parallel=True)
+def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
+                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
+    nq = qptr.shape[0] - 1
+    for c in prange(nchunks):
+        _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
+                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i)
+
+
+def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int,
+                indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i
+                ) -> None:
+    """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
+    over their posting lists (doc-ordered, pruned as the engine built them), then return the top-n
+    of the shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
+    dense query ``dense`` (nq, h) when it is not empty, against the forward index. ``work``
+    holds one cleared accumulator and an n-row buffer per thread (see :class:`Workspace`)."""
+    nq = len(qptr) - 1
+    args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+            offset, scale, skip, work, out_d, out_i)
+    if min(threads, nq) <= 1:
+        _pruned_chunk(0, 0, nq, *args)
+    else:
+        _pruned_parallel(min(threads, nq, work.acc.shape[0]), *args)
