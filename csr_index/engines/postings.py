@@ -60,7 +60,7 @@ def _build_lists(indices, values, h, limit):
             out_docs[o : o + hi - lo] = docs[lo:hi]
             out_vals[o : o + hi - lo] = vals[lo:hi]
             continue
-        cut = np.partition(vals[lo:hi].copy(), hi - lo - limit)[hi - lo - limit]  # the limit-th largest
+        cut = np.partition(vals[lo:hi], hi - lo - limit)[hi - lo - limit]  # the limit-th largest
         above = 0
         for e in range(lo, hi):
             above += vals[e] > cut
@@ -97,8 +97,6 @@ class Postings:
             raise ValueError(f"at most 2**31 - 1 docs per engine, got {codes.n}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be a positive number of entries per list or None, got {limit!r}")
-        if values not in VALUE_TYPES:
-            raise ValueError(f"values must be one of {VALUE_TYPES}, got {values!r}")
         indptr, docs, vals = _build_lists(np.ascontiguousarray(codes.indices),
                                           np.ascontiguousarray(codes.values, dtype=np.float32), codes.h,
                                           0 if limit is None else int(limit))

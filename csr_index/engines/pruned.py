@@ -58,9 +58,8 @@ class PrunedEngine(InvertedIndexEngine):
     def _list_limit(self, codes: SparseCodes) -> int | None:
         if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment is scanned exactly
             return None
-        nonzero = codes.values != 0
-        lists = len(np.unique(codes.indices[nonzero]))
-        return max(1, int(np.ceil(self.list_cut * nonzero.sum() / max(1, lists))))
+        lengths = np.bincount(codes.indices[codes.values != 0].astype(np.int64), minlength=codes.h)
+        return max(1, int(np.ceil(self.list_cut * lengths.sum() / max(1, np.count_nonzero(lengths)))))
 
     def options(self) -> dict:
         return {"query_cut": self.query_cut, "candidates": self.candidates, "list_cut": self.list_cut,

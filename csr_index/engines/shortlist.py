@@ -82,14 +82,14 @@ def _shortlist(acc, off, scale, skip, budget, rows):
             tau = max(lowest, hv[0])
     m = _collect(acc, tau, rows)
     if m < budget and tau > lowest:  # the sample missed: the exact budget-th score
-        tau = max(lowest, np.partition(acc.copy(), n - budget)[n - budget])
+        tau = max(lowest, np.partition(acc, n - budget)[n - budget])  # partitions a copy
         m = _collect(acc, tau, rows)
     if m > budget:
         found = rows[:m].copy()
         scores = np.empty(m, dtype=np.float32)
         for i in range(m):
             scores[i] = acc[found[i]]
-        cut = np.partition(scores.copy(), m - budget)[m - budget]
+        cut = np.partition(scores, m - budget)[m - budget]
         kept = 0
         for i in range(m):  # strictly above the cut, then ties at it in doc order
             if scores[i] > cut:
