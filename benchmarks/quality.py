@@ -78,8 +78,7 @@ def main() -> None:
     for k in [int(v) for v in args.ks.split(",")]:
         index = scifact_index(k, seed=args.seed)  # trained with the defaults, or cached from an earlier run
         seconds = index.train_stats["seconds"]
-        index.search(xq[:1], 10)  # builds the default engine, whose own arrays stats() then counts
-        stats = index.stats()
+        stats = index.stats()  # counts the default engine's own arrays (built here)
         # everything the index holds per vector: codes, id, norm, posting lists; + float16 originals
         full = stats["memory_bytes_per_vector"]
         codes_only = full - stats.get("memory_vectors_bytes_per_vector", 0)

@@ -254,7 +254,8 @@ class CSRIndex:
         return rescore_codes(snap, self.encoder, SCORES[score], xq, cand.astype(np.int64), topk, query_k)
 
     def stats(self) -> dict[str, Any]:
-        """Sizes and latent usage: memory per vector by part, unused latents, the busiest latent's share."""
+        """Sizes and latent usage: memory per vector by part (with the posting lists of the engine
+        searches use, built now if no search has yet), unused latents, the busiest latent's share."""
         from .stats import index_stats
         return index_stats(self, self._store.snapshot)
 

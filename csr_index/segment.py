@@ -102,19 +102,16 @@ class Segment:
                 self._scales[mode] = compute(self)
             return self._scales[mode]
 
-    def nbytes(self) -> dict[str, int]:
-        """Bytes held per part: codes, ids, norms, vectors, keys, and the search engine's own
-        structures (posting lists, copies of the codes): the built engine's, or before a search an
-        estimate for the exact engine's (int32 doc + float32 value per non-zero, int64 list offsets)."""
-        nnz = int(np.count_nonzero(self.codes.values))
-        engine = self._engine[1] if self._engine is not None else None
+    def nbytes(self, spec: EngineSpec) -> dict[str, int]:
+        """Bytes held per part: codes, ids, norms, vectors, keys, and the structures of the search
+        engine ``spec`` (posting lists, copies of the codes), which is built now if no search has yet."""
         return {
             "codes": int(self.codes.indices.nbytes + self.codes.values.nbytes),
             "ids": int(self.ids.nbytes + (0 if self._order is None else self._order.nbytes + self._sorted.nbytes)),
             "norms": int(self.norms.nbytes),
             "vectors": int(self.vectors.nbytes) if self.vectors is not None else 0,
             "keys": int(self.keys.nbytes) if self.keys is not None else 0,
-            "postings": engine.nbytes if engine is not None else 8 * nnz + 8 * (self.codes.h + 1),
+            "postings": int(self.engine(spec).nbytes),
         }
 
     # ------------------------------------------------------------ persistence

@@ -25,12 +25,13 @@ def latent_usage(snap: "Snapshot", h: int) -> np.ndarray:
 
 
 def index_stats(index: "CSRIndex", snap: "Snapshot") -> dict[str, Any]:
-    """Settings, counts, memory per live vector (codes, ids, norms, originals, keys, and the
-    engines' posting lists once built) and latent usage (busiest latent's share of documents)."""
+    """Settings, counts, memory per live vector (codes, ids, norms, originals, keys, and the posting
+    lists of the engine the index searches with, built if not yet) and latent usage (busiest
+    latent's share of documents)."""
     n = snap.ntotal
     parts: dict[str, int] = {}
     for seg in snap.segments:
-        for name, nbytes in seg.nbytes().items():
+        for name, nbytes in seg.nbytes(index._engine_spec).items():
             parts[name] = parts.get(name, 0) + nbytes
     out: dict[str, Any] = {
         "d": index.d, "h": index.h, "k": index.k, "k_doc": index.k_doc, "metric": index.metric,

@@ -222,14 +222,20 @@ def test_stats(make_index, corpus):
     assert s["ntotal"] == len(corpus) and s["is_trained"]
     assert s["code_bytes_per_vector"] == index.k * (2 + 2)  # uint16 index + float16 value
     nnz = int((index.codes().values != 0).sum())
-    postings = (8 * nnz + 8 * (index.h + 1)) / len(corpus)  # int32 doc + float32 value, int64 offsets
+    # the default engine's posting lists (this segment is below full_scan_below: no list is cut):
+    # int32 doc + float16 value per non-zero, int64 offsets; its forward index views the codes
+    postings = (6 * nnz + 8 * (index.h + 1)) / len(corpus)
     assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + 2 * index.d + postings, abs=0.1)
     assert s["memory_postings_bytes_per_vector"] == pytest.approx(postings, abs=0.1)
-    index.search(corpus[:2])  # builds the engine: its own arrays are counted from then on
     engine = index._store.snapshot.segments[0].engine(index._engine_spec)
-    built = index.stats()["memory_postings_bytes_per_vector"]
-    assert built == pytest.approx(engine.nbytes / len(corpus), abs=0.1)
-    assert built == pytest.approx((6 * nnz + 8 * (index.h + 1)) / len(corpus), abs=0.1)  # float16 values, codes viewed
+    assert s["memory_postings_bytes_per_vector"] == pytest.approx(engine.nbytes / len(corpus), abs=0.1)
+    index.search(corpus[:2])  # searches with the engine stats() built
+    assert index._store.snapshot.segments[0].engine(index._engine_spec) is engine
+    assert index.stats() == s
+    index.set_engine("inverted", values="float32")  # another engine: its own arrays are counted
+    copied = 4 * index.k * len(corpus)  # its forward index holds a float32 copy of the float16 values
+    exact = (8 * nnz + 8 * (index.h + 1) + copied) / len(corpus)
+    assert index.stats()["memory_postings_bytes_per_vector"] == pytest.approx(exact, abs=0.1)
     assert s["dense_float32_bytes_per_vector"] == 4 * index.d
     assert 0 < s["mean_nonzeros_per_code"] <= index.k
     assert 0 <= s["latents_unused_by_stored_codes"] < index.h
