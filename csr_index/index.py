@@ -14,9 +14,9 @@ import pyarrow as pa
 from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .encoder import CSREncoder
-from .engines import resolve_engine_name
+from .engines import engine_options
 from .scoring import SCORES, default_rerank
-from .searcher import rescore_codes, rescore_exact, search_codes, search_exact
+from .searcher import first_occurrences, rescore_codes, rescore_exact, search_codes, search_exact
 from .segment import Segment
 from .storage import read_index, read_manifest, write_index
 from .store import RowStore
@@ -110,10 +110,10 @@ class CSRIndex:
 
     # ------------------------------------------------------------ add / remove
     def add(self, x: Any, keys: Sequence[str] | None = None) -> None:
-        """Encode and store vectors ``x`` (n, d) under the next free ids (``ntotal ..`` when nothing was removed)."""
+        """Encode and store vectors ``x`` (n, d) under the ids after the largest ever added (removed
+        ones included, so a removed id is never given out again; ``ntotal ..`` when nothing was removed)."""
         n = as_matrix(x, self.d).shape[0]
-        segments = self._store.snapshot.segments
-        start = max((int(s.ids.max()) + 1 for s in segments if s.n), default=0)
+        start = self._store.next_id
         self.add_with_ids(x, np.arange(start, start + n, dtype=np.int64), keys=keys)
 
     def add_with_ids(self, x: Any, ids: Any, keys: Sequence[str] | None = None, *, upsert: bool = False) -> None:
@@ -128,6 +128,9 @@ class CSRIndex:
         if self.values_dtype == np.float16 and codes.values.size and codes.values.max() > np.finfo(np.float16).max:
             raise ValueError(f"code values up to {codes.values.max():.3g} overflow float16 (max 65504); "
                              "use values_dtype='float32' or normalise the vectors")
+        if self.store_vectors and xs.size and max(xs.max(), -xs.min()) > np.finfo(np.float16).max:
+            raise ValueError(f"vector components up to {max(xs.max(), -xs.min()):.3g} overflow the float16 originals "
+                             "(max 65504); scale the vectors or use store_vectors=False")
         codes = SparseCodes(codes.indices, codes.values.astype(self.values_dtype), self.h)
         segment = Segment(new_ids, codes, norms, xs.astype(np.float16) if self.store_vectors else None,
                           pa.array([str(k) for k in keys], type=pa.string()) if keys is not None else None)
@@ -191,8 +194,9 @@ class CSRIndex:
     def set_engine(self, engine: str = "auto", **options: Any) -> "CSRIndex":
         """Choose the engine (and its options, see :mod:`csr_index.engines`) each segment searches with:
         ``"auto"`` (torch on CUDA, else ``"pruned"``, a sparse shortlist), ``"pruned"``, ``"inverted"``
-        (exact), ``"torch"``, ``"scipy"``. Built at the next search, not saved. Returns ``self``."""
-        resolve_engine_name(engine, options.get("device", "cpu"))
+        (exact), ``"torch"``, ``"scipy"``. Built at the next search, not saved; an unknown name or
+        option is a ValueError now. Returns ``self``."""
+        engine_options(engine, options)
         self._engine_spec = (engine, tuple(sorted(options.items())))
         return self
 
@@ -235,7 +239,8 @@ class CSRIndex:
         """The best ``topk`` of given candidate ids (nq, R; -1 = none) per query, scored by ``score``:
         ``"exact"`` (the default when originals are stored), ``"asymmetric"`` (the default
         otherwise) or ``"code"``, as :meth:`search` defines them. R work per query, not a
-        scan: for re-ranking a shortlist from elsewhere (e.g. Qdrant). KeyError for an unknown id."""
+        scan: for re-ranking a shortlist from elsewhere (e.g. Qdrant); an id listed twice counts once.
+        KeyError for an unknown id."""
         topk = check_positive(topk, "topk", 1 << 31)
         self.encoder.require_trained()
         score = score or ("exact" if self.store_vectors else "asymmetric")
@@ -244,14 +249,15 @@ class CSRIndex:
         if cand.ndim != 2 or cand.shape[0] != len(xq) or not np.issubdtype(cand.dtype, np.integer):
             raise ValueError(f"candidates must be integer ids of shape ({len(xq)}, R), got {cand.dtype} {cand.shape}")
         snap = self._store.snapshot
+        cand = first_occurrences(cand.astype(np.int64))  # an id listed twice is scored (and returned) once
         if score == "exact":
             if not self.store_vectors:
                 raise ValueError("exact re-scoring needs the original vectors: build with store_vectors=True")
-            return rescore_exact(snap, xq, cand.astype(np.int64), topk)
+            return rescore_exact(snap, xq, cand, topk)
         if score not in SCORES:
             raise ValueError(f"score must be one of {('exact', *SCORES)}, got {score!r}")
         query_k = self.k if query_k is None else check_positive(query_k, "query_k", self.k)
-        return rescore_codes(snap, self.encoder, SCORES[score], xq, cand.astype(np.int64), topk, query_k)
+        return rescore_codes(snap, self.encoder, SCORES[score], xq, cand, topk, query_k)
 
     def stats(self) -> dict[str, Any]:
         """Sizes and latent usage: memory per vector by part (with the posting lists of the engine
@@ -267,7 +273,7 @@ class CSRIndex:
         settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
         with self._store.lock:
             snap = self._store.snapshot
-            write_index(path, self.encoder, settings, snap.segments, snap.deleted)
+            write_index(path, self.encoder, settings, snap.segments, snap.deleted, self._store.next_id)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSRIndex":
@@ -281,7 +287,7 @@ class CSRIndex:
             index = cls.from_encoder(encoder, **manifest["index"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptIndexError(f"the manifest of {path} is incomplete or invalid: {exc}") from exc
-        index._store.replace(segments, deleted)
+        index._store.replace(segments, deleted, manifest["next_id"])
         if index.ntotal != manifest.get("ntotal"):
             raise CorruptIndexError(f"{path}: segments hold {index.ntotal} live rows, the manifest says "
                                     f"{manifest.get('ntotal')}")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .segment import EngineSpec
     from .store import Snapshot
 
-__all__ = ["search_codes", "search_exact", "rescore_codes", "rescore_exact", "merge"]
+__all__ = ["search_codes", "search_exact", "rescore_codes", "rescore_exact", "merge", "first_occurrences"]
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], nq: int, topk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +90,17 @@ def search_exact(snap: "Snapshot", xq: np.ndarray, topk: int) -> tuple[np.ndarra
         D, rows = exact_topn(xq, seg.vectors, topk, dead)
         parts.append((D, _ids(seg.ids, rows)))
     return merge(parts, len(xq), topk)
+
+
+def first_occurrences(candidates: np.ndarray) -> np.ndarray:
+    """Candidate ids (nq, R) with every repeat of an id within its row replaced by -1."""
+    order = np.argsort(candidates, axis=1, kind="stable")  # a repeat sorts after its first occurrence
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    repeat = np.zeros(ranked.shape, dtype=bool)
+    repeat[:, 1:] = (ranked[:, 1:] == ranked[:, :-1]) & (ranked[:, 1:] >= 0)
+    out = np.empty_like(candidates)
+    np.put_along_axis(out, order, np.where(repeat, -1, ranked), axis=1)
+    return out
 
 
 def _candidates(snap: "Snapshot", candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

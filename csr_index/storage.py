@@ -3,7 +3,7 @@
 Layout of ``index.csr/``::
 
     manifest.json                     format name/version, encoder and index settings, segments,
-                                      every file's size + sha256
+                                      every file's size + sha256, next_id (where new ids start)
     adapter.<hash>.safetensors        W, pre_bias, latent_bias, latent_weight (named by content)
     seg-<id>.codes.arrow              one per segment: id int64, indices fixed_size_list<uint16|uint32>[k],
                                       values fixed_size_list<float32|float16>[k], norm float32
@@ -153,9 +153,11 @@ def write_index(
     settings: dict[str, Any],
     segments: Sequence["Segment"],
     deleted: Sequence[np.ndarray | None],
+    next_id: int = 0,
 ) -> Path:
     """Write an encoder, its index ``settings`` and ``segments`` (with ``deleted`` row masks,
-    one per segment) to the directory ``path``, atomically (see the module docstring)."""
+    one per segment, and ``next_id``, where new ids start) to the directory ``path``,
+    atomically (see the module docstring)."""
     root = Path(path)
     old = _check_target(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,7 @@ def write_index(
             "encoder": encoder.meta(),
             "index": dict(settings),
             "ntotal": int(sum(seg.n for seg in segments) - sum(len(rows) for _, rows in dead)),
+            "next_id": int(next_id),
             "adapter": {"name": adapter.name, "bytes": adapter.stat().st_size, "sha256": _sha256(adapter)},
             "segments": seg_entries,
             "tombstones": tombstones,
@@ -238,6 +241,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     for entry in entries:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and _OWN_FILE.match(entry["name"])):
             raise CorruptIndexError(f"{mpath}: bad file entry {entry!r}")
+    next_id = manifest.setdefault("next_id", 0)  # older saves lack it: new ids then follow the largest stored
+    if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0:
+        raise CorruptIndexError(f"{mpath}: next_id must be a non-negative integer, got {next_id!r}")
     return manifest
 
 

@@ -94,18 +94,22 @@ class RowStore:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.snapshot = Snapshot()
+        self.next_id = 0
+        """One more than the largest id ever added, removed ones included: where new ids start."""
 
     def __getstate__(self) -> dict:  # copies and pickles drop the lock
-        return {"snapshot": self.snapshot}
+        return {"snapshot": self.snapshot, "next_id": self.next_id}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
-        self.snapshot = state["snapshot"]
+        self.snapshot, self.next_id = state["snapshot"], state["next_id"]
 
-    def replace(self, segments: list[Segment], deleted: list[np.ndarray | None]) -> None:
-        """Install new contents (e.g. after ``load``, or none for ``reset``)."""
+    def replace(self, segments: list[Segment], deleted: list[np.ndarray | None], next_id: int = 0) -> None:
+        """Install new contents (e.g. after ``load``, or none for ``reset``); new ids start at
+        ``next_id`` or after the largest id of ``segments``, whichever is larger."""
         with self.lock:
             self.snapshot = Snapshot(tuple(segments), tuple(deleted))
+            self.next_id = max([next_id] + [int(s.ids.max()) + 1 for s in segments if s.n])
 
     def add(self, segment: Segment, replace_existing: bool = False) -> int:
         """Append ``segment``; its ids must be new unless ``replace_existing``, which deletes the
@@ -119,6 +123,8 @@ class RowStore:
                                  "(remove_ids them first, or add_with_ids(..., upsert=True))")
             deleted = self._mark(snap, where[present], rows[present])
             self._install(list(snap.segments) + [segment], deleted + [None])
+            if segment.n:
+                self.next_id = max(self.next_id, int(segment.ids.max()) + 1)
             return int(present.sum())
 
     def remove(self, ids: np.ndarray) -> int:

@@ -267,6 +267,14 @@ def test_float16_overflow_is_refused_or_handled(make_index, corpus, tmp_path):
     assert CSRIndex.load(tmp_path / "ix").ntotal == 5
 
 
+def test_originals_that_overflow_float16_are_refused(make_index, corpus, tmp_path):
+    index = make_index(metric="ip", values_dtype="float32", store_vectors=True)
+    index.add(corpus[:5])
+    with pytest.raises(ValueError, match="overflow the float16 originals"):
+        index.add(corpus[5:10] * 1e5)
+    assert index.ntotal == 5 and np.isfinite(index.vectors().astype(np.float32)).all()
+
+
 @pytest.mark.parametrize("refit", [True, False])
 def test_compiled_encoding_equals_the_torch_reference(filled_index, corpus, refit):
     """The CPU kernel (csr_index.sparsify) and the torch path (GPUs) give the same codes and norms."""

@@ -69,6 +69,43 @@ def test_purged_segments_and_reused_ids(make_index, corpus, queries):
     np.testing.assert_array_equal(I[:, 0], np.arange(10))
 
 
+def test_add_never_gives_out_a_removed_id(make_index, corpus, tmp_path):
+    index = make_index(store_vectors=True)
+    index.add(corpus[:10])
+    index.remove_ids([7, 8, 9])  # 30 % of the segment: rewritten without them, so no row holds 9 any more
+    index.add(corpus[10:13])
+    np.testing.assert_array_equal(np.sort(index.ids), [0, 1, 2, 3, 4, 5, 6, 10, 11, 12])
+    index.remove_ids([11, 12])
+    index.compact()
+    index.save(tmp_path / "ix")
+    loaded = CSRIndex.load(tmp_path / "ix")
+    for ix in (index, loaded):
+        ix.add(corpus[13:14])
+        assert ix.ids.max() == 13, "the next id survives compact() and save/load"
+    _, I = loaded.search(corpus[13:14], 1, score="exact")
+    assert I[0, 0] == 13
+    index.add_with_ids(corpus[14:15], [100])
+    index.add(corpus[15:16])
+    assert index.ids.max() == 101
+    index.reset()  # as faiss reset: numbering starts again
+    index.add(corpus[:2])
+    np.testing.assert_array_equal(index.ids, [0, 1])
+
+
+def test_rescore_counts_a_repeated_candidate_once(filled_index_factory, queries):
+    index = filled_index_factory(store_vectors=True)
+    plain = np.array([[10, 11, 12, -1], [3, 4, 5, 6]])
+    repeated = np.array([[10, 10, 11, -1, 12, 11], [6, 3, 4, 5, 6, 6]])
+    for score in ("exact", "asymmetric", "code"):
+        D, I = index.rescore(queries[:2], repeated, 4, score=score)
+        D0, I0 = index.rescore(queries[:2], plain, 4, score=score)
+        np.testing.assert_array_equal(I, I0)
+        np.testing.assert_allclose(D, D0, rtol=1e-6)
+        if score != "code":  # (a code score of 0 - no shared latent - is not a result)
+            assert (I[0] == -1).sum() == 1, "three distinct candidates fill three of four slots"
+        assert len(set(I[0][I[0] >= 0])) == (I[0] >= 0).sum() <= 3, "each id at most once"
+
+
 def test_upsert_replaces_a_vector_in_one_step(make_index, corpus):
     index = make_index(store_vectors=True)
     index.add(corpus[:50])

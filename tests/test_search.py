@@ -392,3 +392,11 @@ def test_default_rerank_depth_depends_on_the_shortlist(filled_index_factory, que
         np.testing.assert_array_equal(D, Dr)
     shallow = index.search(queries, 5, score="code", rerank=10)
     assert not np.array_equal(shallow[1], index.search(queries, 5, score="code")[1])
+
+
+def test_set_engine_checks_its_options_at_once(filled_index, queries):
+    with pytest.raises(ValueError, match="no option"):
+        filled_index.set_engine("pruned", bogus=1)
+    with pytest.raises(ValueError, match="unknown engine"):
+        filled_index.set_engine("faiss")
+    assert filled_index.search(queries, 3)[1].min() >= 0, "a refused engine leaves the last one in place"

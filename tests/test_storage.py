@@ -258,6 +258,8 @@ def _file_name(name):
         pytest.param(_set("values_dtype", "float16", "index"), "expected fixed_size_list<float16>", id="values-dtype"),
         pytest.param(_file_name("../../etc/passwd"), "bad file entry", id="path-traversal"),
         pytest.param(_file_name("manifest.json"), "bad file entry", id="foreign-name"),
+        pytest.param(_set("next_id", -1), "next_id must be a non-negative integer", id="next-id"),
+        pytest.param(_set("next_id", "7"), "next_id must be a non-negative integer", id="next-id-type"),
     ],
 )
 def test_tampered_manifest_is_corrupt(saved_copy, edit, fragment):
@@ -507,3 +509,13 @@ def test_wide_code_space_uses_uint32_indices(embeddings, tmp_path, tiny_config):
         np.testing.assert_array_equal(Ia, Ib)
         np.testing.assert_array_equal(Da, Db)
     assert (Ia[:, 0] == np.arange(5)).all()
+
+
+def test_a_manifest_without_next_id_continues_after_the_largest_stored_id(saved_copy, corpus):
+    index, path = saved_copy
+    manifest = manifest_of(path)
+    assert manifest.pop("next_id") == index.ids.max() + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = CSRIndex.load(path)
+    loaded.add(corpus[:1])
+    assert loaded.ids.max() == index.ids.max() + 1

@@ -39,6 +39,7 @@ __all__ = [
     "PrunedEngine",
     "TorchCSREngine",
     "ENGINES",
+    "engine_options",
     "make_engine",
     "resolve_engine_name",
     "warm_up",
@@ -63,9 +64,9 @@ def resolve_engine_name(name: str, device: str | None = None) -> str:
     return name
 
 
-def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
-    """Build engine ``name`` (see the table above) over ``codes`` with its ``options``
-    (e.g. ``make_engine("pruned", codes, candidates=500)``)."""
+def engine_options(name: str, options: dict[str, Any]) -> tuple[type[SearchEngine], dict[str, Any]]:
+    """The engine class ``name`` stands for and the options it is built with; ValueError for an
+    unknown name or an option that class does not take."""
     resolved = resolve_engine_name(name, options.get("device"))
     cls = ENGINES[resolved]
     if name == "auto" and resolved != "torch":
@@ -74,6 +75,13 @@ def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"engine {resolved!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
+    return cls, options
+
+
+def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
+    """Build engine ``name`` (see the table above) over ``codes`` with its ``options``
+    (e.g. ``make_engine("pruned", codes, candidates=500)``)."""
+    cls, options = engine_options(name, options)
     return cls(codes, **options)
 
 
