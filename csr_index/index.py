@@ -20,7 +20,7 @@ from .searcher import first_occurrences, rescore_codes, rescore_exact, search_co
 from .segment import Segment
 from .storage import read_index, read_manifest, write_index
 from .store import RowStore
-from .validation import as_ids, as_matrix, check_positive
+from .validation import INT64_MAX, as_ids, as_int64, as_matrix, check_positive
 
 __all__ = ["CSRIndex"]
 
@@ -114,6 +114,8 @@ class CSRIndex:
         ones included, so a removed id is never given out again; ``ntotal ..`` when nothing was removed)."""
         n = as_matrix(x, self.d).shape[0]
         start = self._store.next_id
+        if start + n - 1 > INT64_MAX:
+            raise ValueError(f"no ids left after the largest ever added ({start - 1}): give ids with add_with_ids")
         self.add_with_ids(x, np.arange(start, start + n, dtype=np.int64), keys=keys)
 
     def add_with_ids(self, x: Any, ids: Any, keys: Sequence[str] | None = None, *, upsert: bool = False) -> None:
@@ -139,7 +141,7 @@ class CSRIndex:
 
     def remove_ids(self, ids: Any) -> int:
         """Delete the vectors with these ids (unknown ids are ignored); returns how many were removed."""
-        return self._store.remove(np.asarray(ids, dtype=np.int64).reshape(-1))
+        return self._store.remove(as_int64(ids).reshape(-1))
 
     def reset(self) -> None:
         """Remove every stored vector; the trained adapter is kept (as faiss ``reset``)."""
@@ -280,13 +282,15 @@ class CSRIndex:
         """Open an index directory written by :meth:`save` (or :meth:`CSREncoder.save`); codes and
         originals are memory-mapped. ``verify`` checks every file's sha256. Raises
         :class:`MissingIndexFileError`, :class:`CorruptIndexError` or :class:`FormatVersionError`."""
-        from .errors import CorruptIndexError
+        from .errors import CorruptIndexError, IndexFormatError
 
-        manifest, encoder, segments, deleted = read_index(path, verify=verify, progress=progress)
         try:
+            manifest, encoder, segments, deleted = read_index(path, verify=verify, progress=progress)
             index = cls.from_encoder(encoder, **manifest["index"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptIndexError(f"the manifest of {path} is incomplete or invalid: {exc}") from exc
+        except IndexFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # settings or data the checks let by
+            raise CorruptIndexError(f"the index at {path} is incomplete or invalid: {exc}") from exc
         index._store.replace(segments, deleted, manifest["next_id"])
         if index.ntotal != manifest.get("ntotal"):
             raise CorruptIndexError(f"{path}: segments hold {index.ntotal} live rows, the manifest says "

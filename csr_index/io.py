@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .validation import as_int64
+
 __all__ = ["Embeddings", "EmbeddingFile", "read_embeddings"]
 
 
@@ -44,8 +46,8 @@ class EmbeddingFile:
     """A ``.npy`` file or a Parquet column of vectors, read whole, in batches, or by rows.
 
     The Parquet column must be a fixed-size or variable list of numbers (all rows the same
-    length). ``id_column``, when present, gives ids: integer columns become int64 ids,
-    string columns become keys. A missing ``id_column`` named explicitly is an error; the
+    length). ``id_column``, when present, gives ids: integer columns (and floats with integral
+    values) become int64 ids, string columns become keys; nulls and other types are errors. A missing ``id_column`` named explicitly is an error; the
     default ``"id"`` is simply skipped when absent. Batches and row samples hold only their
     own rows in memory (``.npy`` files are memory-mapped).
     """
@@ -127,10 +129,17 @@ class EmbeddingFile:
         ids = keys = None
         if self.id_column is not None:
             col = table.column(self.id_column)
-            if pa.types.is_integer(col.type):
-                ids = col.to_numpy().astype(np.int64)
+            if pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
+                col = col.cast(col.type.value_type)
+            if col.null_count:
+                raise ValueError(f"column {self.id_column!r} has {col.null_count} null ids")
+            if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # integral floats (pandas) too
+                ids = as_int64(col.to_numpy(), f"column {self.id_column!r}")
+            elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                keys = col.to_pylist()
             else:
-                keys = [str(v) for v in col.to_pylist()]
+                raise ValueError(f"column {self.id_column!r} has type {col.type}; ids must be integers "
+                                 "(stored as ids) or strings (stored as keys)")
         return Embeddings(vectors, ids=ids, keys=keys, table=table.drop_columns([self.column]) if keep_table else None)
 
 

@@ -123,6 +123,10 @@ def _check_target(root: Path) -> dict[str, Any] | None:
         except (UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if isinstance(old, dict) and old.get("format") == FORMAT_NAME:
+            if old.get("format_version") != FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"{root} holds a csr-index index of format version {old.get('format_version')!r} (this "
+                    f"csr-index writes {FORMAT_VERSION}); refusing to replace it: save to a new directory")
             return old
     elif all(_OWN_FILE.match(p.name) or p.name in (MANIFEST + ".tmp", LOCK) for p in root.iterdir()):
         return None
@@ -164,9 +168,10 @@ def write_index(
     with _writer_lock(root):
         old_names = _listed(old)
         blob = st_save({k: np.ascontiguousarray(v) for k, v in encoder.state().items()})
-        adapter = root / f"adapter.{hashlib.sha256(blob).hexdigest()[:12]}.safetensors"
-        if not (adapter.name in old_names and adapter.exists()):
-            _write_bytes(adapter, blob)
+        digest = hashlib.sha256(blob).hexdigest()
+        adapter = root / f"adapter.{digest[:12]}.safetensors"
+        if not (adapter.name in old_names and adapter.exists() and _sha256(adapter) == digest):
+            _write_bytes(adapter, blob)  # (a reused file is checked: a damaged one is rewritten)
         seg_entries = []
         for seg in segments:
             if not all(_reusable(root, seg.files.get(role), old_names) for role in seg.roles()):
@@ -195,7 +200,7 @@ def write_index(
             "index": dict(settings),
             "ntotal": int(sum(seg.n for seg in segments) - sum(len(rows) for _, rows in dead)),
             "next_id": int(next_id),
-            "adapter": {"name": adapter.name, "bytes": adapter.stat().st_size, "sha256": _sha256(adapter)},
+            "adapter": {"name": adapter.name, "bytes": len(blob), "sha256": digest},
             "segments": seg_entries,
             "tombstones": tombstones,
         }
@@ -231,13 +236,14 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
             f"{root} uses format version {version!r}; this csr-index reads version {FORMAT_VERSION}. "
             "Rebuild the index or use the csr-index release that wrote it."
         )
-    entries = [manifest.get("adapter")] + [e for s in manifest.get("segments") or [] if isinstance(s, dict)
-                                           for e in (s.get("files") or {}).values()]
+    for key, kind in (("encoder", dict), ("index", dict), ("segments", list)):
+        if not isinstance(manifest.get(key), kind):
+            raise CorruptIndexError(f"{mpath} lacks its {key!r} section")
+    if not all(isinstance(s, dict) and isinstance(s.get("files"), dict) for s in manifest["segments"]):
+        raise CorruptIndexError(f"{mpath}: every segment must be an object with a 'files' object")
+    entries = [manifest.get("adapter")] + [e for s in manifest["segments"] for e in s["files"].values()]
     if manifest.get("tombstones") is not None:
         entries.append(manifest["tombstones"])
-    for key in ("encoder", "index", "segments"):
-        if not isinstance(manifest.get(key), (dict, list)):
-            raise CorruptIndexError(f"{mpath} lacks its {key!r} section")
     for entry in entries:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and _OWN_FILE.match(entry["name"])):
             raise CorruptIndexError(f"{mpath}: bad file entry {entry!r}")

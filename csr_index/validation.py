@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_ids", "check_positive"]
+__all__ = ["as_matrix", "as_ids", "as_int64", "check_positive", "INT64_MAX"]
 
 
 def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
@@ -46,6 +46,27 @@ def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
     return arr
 
 
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def as_int64(ids: Any, name: str = "ids") -> np.ndarray:
+    """``ids`` as an int64 array of the same shape: integers, or floats with integral values,
+    within int64's range (``TypeError`` / ``ValueError`` otherwise, never a silent wrap or cut)."""
+    arr = np.asarray(ids)
+    if not arr.size:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise TypeError(f"{name} must be integers (int64), got non-integral {arr.dtype} values")
+        if arr.max() >= 2.0**63 or arr.min() < -(2.0**63):
+            raise ValueError(f"{name} must fit in int64, got {arr.max():.4g}")
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must be integers (int64), got dtype {arr.dtype}")
+    elif np.issubdtype(arr.dtype, np.unsignedinteger) and int(arr.max()) > INT64_MAX:
+        raise ValueError(f"{name} must fit in int64, got {int(arr.max())}")
+    return arr.astype(np.int64)
+
+
 def as_ids(ids: Any, n: int, name: str = "ids") -> np.ndarray:
     """Return ``ids`` as an int64 array of length ``n``: integral, non-negative, unique."""
     arr = np.asarray(ids)
@@ -53,12 +74,7 @@ def as_ids(ids: Any, n: int, name: str = "ids") -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.shape[0] != n:
         raise ValueError(f"{name} has {arr.shape[0]} entries but there are {n} vectors")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            raise TypeError(f"{name} must be integers (int64), got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
+    arr = as_int64(arr, name)
     if arr.size and arr.min() < 0:
         raise ValueError(f"{name} must be non-negative (-1 marks 'no result'); got {int(arr.min())}")
     uniq, counts = np.unique(arr, return_counts=True)

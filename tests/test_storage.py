@@ -259,6 +259,12 @@ def _file_name(name):
         pytest.param(_file_name("../../etc/passwd"), "bad file entry", id="path-traversal"),
         pytest.param(_file_name("manifest.json"), "bad file entry", id="foreign-name"),
         pytest.param(_set("next_id", -1), "next_id must be a non-negative integer", id="next-id"),
+        pytest.param(_set("segments", 5), "lacks its 'segments'", id="segments-number"),
+        pytest.param(_set("segments", ["x"]), "every segment must be an object", id="segment-string"),
+        pytest.param(lambda m: m["segments"][0].update(files=[1]), "every segment must be an object", id="files-list"),
+        pytest.param(lambda m: m["index"].pop("k_doc"), "incomplete or invalid: 'k_doc'", id="no-k_doc"),
+        pytest.param(_set("values_dtype", "bogus", "index"), "incomplete or invalid", id="values-dtype-bogus"),
+        pytest.param(_set("k_doc", "x", "index"), "incomplete or invalid", id="k_doc-string"),
         pytest.param(_set("next_id", "7"), "next_id must be a non-negative integer", id="next-id-type"),
     ],
 )
@@ -519,3 +525,29 @@ def test_a_manifest_without_next_id_continues_after_the_largest_stored_id(saved_
     loaded = CSRIndex.load(path)
     loaded.add(corpus[:1])
     assert loaded.ids.max() == index.ids.max() + 1
+
+
+def test_a_damaged_adapter_is_rewritten_by_the_next_save(saved_copy, queries):
+    index, path = saved_copy
+    adapter = path / manifest_of(path)["adapter"]["name"]
+    blob = bytearray(adapter.read_bytes())
+    blob[-8] ^= 0xFF  # same size, other weights
+    adapter.write_bytes(bytes(blob))
+    with pytest.raises(CorruptIndexError, match="sha256"):
+        CSRIndex.load(path)
+    index.save(path)  # the healthy in-memory index: its adapter must not vouch for the damaged file
+    loaded = CSRIndex.load(path)
+    for name, value in index.encoder.state().items():
+        np.testing.assert_array_equal(loaded.encoder.state()[name], value)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
+
+
+def test_saving_over_an_index_of_another_format_version_is_refused(saved_copy):
+    index, path = saved_copy
+    manifest = manifest_of(path)
+    manifest["format_version"] = csr_index.storage.FORMAT_VERSION + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.name for p in path.iterdir())
+    with pytest.raises(FormatVersionError, match="refusing to replace it"):
+        index.save(path)
+    assert sorted(p.name for p in path.iterdir()) == before and manifest_of(path) == manifest

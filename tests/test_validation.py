@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from csr_index import CSRConfig, CSRIndex, NotTrainedError
+from csr_index.io import read_embeddings
 from csr_index.validation import as_ids, as_matrix, check_positive
 
 D = 32
@@ -203,6 +206,8 @@ def test_rerank_zero_is_allowed_without_vectors(filled_index, queries):
         ([[0, 1, 2]], ValueError, "ids must be 1-D"),
         ([0.5, 1.0, 2.0], TypeError, "ids must be integers"),
         (["a", "b", "c"], TypeError, "ids must be integers"),
+        (np.array([0, 1, 2**64 - 1], dtype=np.uint64), ValueError, "must fit in int64"),
+        ([0.0, 1.0, 2.0**63], ValueError, "must fit in int64"),
     ],
 )
 def test_add_with_ids_rejects_bad_ids(index, corpus, ids, exc, fragment):
@@ -239,6 +244,48 @@ def test_keys_of_wrong_length_are_refused(index, corpus, n_keys):
     with pytest.raises(ValueError, match=f"keys has {n_keys} entries but there are 3 vectors"):
         index.add(corpus[:3], keys=[f"doc{i}" for i in range(n_keys)])
     assert index.ntotal == 0
+
+
+def test_remove_ids_refuses_what_is_not_an_id(filled_index):
+    n = filled_index.ntotal
+    with pytest.raises(TypeError, match="ids must be integers"):
+        filled_index.remove_ids([1.9])  # not id 1
+    with pytest.raises(ValueError, match="must fit in int64"):
+        filled_index.remove_ids(np.array([2**64 - 1], dtype=np.uint64))
+    assert filled_index.ntotal == n and filled_index.remove_ids([1.0]) == 1
+
+
+def test_add_reports_when_no_id_is_left(index, corpus):
+    index.add_with_ids(corpus[:1], [2**63 - 1])
+    with pytest.raises(ValueError, match="no ids left after the largest ever added"):
+        index.add(corpus[1:2])
+    index.add_with_ids(corpus[1:2], [5])
+    assert index.ntotal == 2
+
+
+@pytest.mark.parametrize(
+    "column, ids, keys, fragment",
+    [
+        (pa.array([7, 3, 5]), [7, 3, 5], None, None),
+        (pa.array([7.0, 3.0, 5.0]), [7, 3, 5], None, None),  # pandas writes integer ids with gaps as floats
+        (pa.array(["a", "b", "c"]), None, ["a", "b", "c"], None),
+        (pa.array(["a", "b", "a"]).dictionary_encode(), None, ["a", "b", "a"], None),
+        (pa.array([7, None, 5]), None, None, "1 null ids"),
+        (pa.array(["a", None, "c"]), None, None, "1 null ids"),
+        (pa.array([True, False, True]), None, None, "ids must be integers .* or strings"),
+        (pa.array([7.5, 3.0, 5.0]), None, None, "must be integers"),
+        (pa.array([2**64 - 1, 1, 2], type=pa.uint64()), None, None, "must fit in int64"),
+    ],
+)
+def test_id_columns_are_read_as_ids_or_keys_or_refused(tmp_path, column, ids, keys, fragment):
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(6, np.float32)), 2)
+    pq.write_table(pa.table({"embedding": vectors, "id": column}), tmp_path / "e.parquet")
+    if fragment is not None:
+        with pytest.raises((ValueError, TypeError), match=fragment):
+            read_embeddings(tmp_path / "e.parquet")
+        return
+    emb = read_embeddings(tmp_path / "e.parquet")
+    assert (emb.ids.tolist() if emb.ids is not None else None) == ids and emb.keys == keys
 
 
 def test_as_ids_helper():
