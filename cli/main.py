@@ -80,7 +80,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
         index.save(out)
         seconds["save"] = time.perf_counter() - start
         seconds["compile search kernels"] = warm_up()
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: e.g. torch's device errors
         raise click.ClickException(str(exc)) from exc
     phases = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
     click.echo(f"built {index!r} ({phases}; training fvu {index.train_stats['fvu']:.3f}) -> {out}")

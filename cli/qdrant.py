@@ -70,10 +70,10 @@ def _open_target(
         from qdrant_client import QdrantClient
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise click.ClickException(f"qdrant-client is not installed: {cq.INSTALL_HINT} ({exc})") from exc
-    if url is not None:
-        client = QdrantClient(url=url, api_key=api_key, prefer_grpc=grpc, timeout=timeout)
+    if url is not None:  # a malformed URL, or a local directory another client holds, is a clean error
+        client = _fail_cleanly(lambda: QdrantClient(url=url, api_key=api_key, prefer_grpc=grpc, timeout=timeout))
     else:
-        client = QdrantClient(path=path)
+        client = _fail_cleanly(lambda: QdrantClient(path=path))
     return client, collection, client.close
 
 
@@ -102,7 +102,7 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
     except (ValueError, TypeError, KeyError, RuntimeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # connection errors of qdrant-client (ResponseHandlingException, gRPC…)
-        if type(exc).__module__.startswith(("qdrant_client", "grpc", "httpx", "httpcore")):
+        if type(exc).__module__.startswith(("qdrant_client", "grpc", "httpx", "httpcore", "urllib3")):
             raise click.ClickException(f"Qdrant request failed: {exc}") from exc
         raise
 
@@ -250,11 +250,12 @@ def search_qdrant(model_path, queries, url, local_path, edge, collection, api_ke
             candidates=candidates, hybrid=hybrid, rrf_k=rrf_k, quantization_rescore=quantization_rescore,
             oversampling=oversampling, vector_name=vector_name,
         ))
-        labels = None if full else _fail_cleanly(lambda: cq.fetch_payload(target, name, I, key_field))
+        labels = None if full else _fail_cleanly(
+            lambda: cq.fetch_payload(target, name, I, key_field, vector_name=vector_name))
     finally:
         close()
-    if full:
-        echo_results(model, emb, D, I, as_json)
+    if full:  # (a point the index lacks, e.g. removed from it since the export, is a clean error)
+        _fail_cleanly(lambda: echo_results(model, emb, D, I, as_json))
         return
     for qkey, drow, irow, lrow in zip(query_keys(emb), D, I, labels):
         hits = [(str(lab) if lab is not None else str(i), float(sc)) for i, lab, sc in zip(irow, lrow, drow) if i >= 0]

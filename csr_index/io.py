@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from .validation import as_int64
 
-__all__ = ["Embeddings", "EmbeddingFile", "read_embeddings"]
+__all__ = ["Embeddings", "EmbeddingFile", "read_embeddings", "id_column_kind", "read_id_column"]
 
 
 @dataclass
@@ -128,24 +128,42 @@ class EmbeddingFile:
         vectors = _list_column_to_matrix(table.column(self.column), self.column)
         ids = keys = None
         if self.id_column is not None:
-            col = table.column(self.id_column)
-            if pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
-                col = col.cast(col.type.value_type)
-            if col.null_count:
-                raise ValueError(f"column {self.id_column!r} has {col.null_count} null ids")
-            if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):  # integral floats (pandas) too
-                ids = as_int64(col.to_numpy(), f"column {self.id_column!r}")
-            elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                keys = col.to_pylist()
-            else:
-                raise ValueError(f"column {self.id_column!r} has type {col.type}; ids must be integers "
-                                 "(stored as ids) or strings (stored as keys)")
+            ids, keys = read_id_column(table.column(self.id_column), self.id_column)
         return Embeddings(vectors, ids=ids, keys=keys, table=table.drop_columns([self.column]) if keep_table else None)
 
 
 def read_embeddings(path: str | os.PathLike, column: str = "embedding", id_column: str | None = "id") -> Embeddings:
     """Read a (n, d) matrix (and ids or keys) from a ``.npy`` file or a Parquet column (see :class:`EmbeddingFile`)."""
     return EmbeddingFile(path, column, id_column).read()
+
+
+def id_column_kind(typ: pa.DataType) -> str | None:
+    """What an id column of type ``typ`` holds: ``"ids"`` (integers, or floats that must hold
+    integral values), ``"keys"`` (strings) or None (any other type); dictionaries by their values."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return "ids"
+    return "keys" if pa.types.is_string(typ) or pa.types.is_large_string(typ) else None
+
+
+def read_id_column(col: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray | None, list[str] | None]:
+    """An id column as (int64 ids, None) or (None, string keys) (see :func:`id_column_kind`);
+    ValueError for nulls, another type, or ids that are not integers within int64."""
+    kind = id_column_kind(col.type)
+    if kind is None:
+        raise ValueError(f"column {name!r} has type {col.type}; ids must be integers (stored as ids) "
+                         "or strings (stored as keys)")
+    if col.null_count:
+        raise ValueError(f"column {name!r} has {col.null_count} null ids")
+    if pa.types.is_dictionary(col.type):  # e.g. a pandas categorical
+        col = col.cast(col.type.value_type)
+    if kind == "keys":
+        return None, col.to_pylist()
+    try:
+        return as_int64(col.to_numpy(), f"column {name!r}"), None
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _list_column_to_matrix(col: pa.ChunkedArray, name: str) -> np.ndarray:

@@ -203,6 +203,13 @@ def test_unknown_column_names_the_available_ones(data, tmp_path):
     assert not (tmp_path / "ix").exists()
 
 
+def test_unknown_device_is_a_clean_error(data, tmp_path):
+    result = run("build", data["corpus_file"], "-o", tmp_path / "ix", "--device", "bogus", "--steps", 5, "--quiet",
+                 ok=False)
+    assert_clean_error(result, "bogus")
+    assert not (tmp_path / "ix").exists()
+
+
 def test_unknown_id_column(built, data):
     result = run("search", built, data["queries_file"], "--id-column", "qid", ok=False)
     assert_clean_error(result, "no id column 'qid'")

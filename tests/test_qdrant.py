@@ -232,7 +232,8 @@ def test_payload_from_parquet(sf_index, local, scifact):
     text = dict(zip(scifact.table.column("id").to_pylist(), scifact.table.column("text").to_pylist()))
     for record in local.retrieve("scifact", ids=ids, with_payload=True):
         key = sf_index.keys_of([record.id])[0]
-        assert record.payload == {"id": key, "text": text[key]}  # keys not duplicated under "key"
+        assert record.payload == {"id": key, "text": text[key], "key": key}  # "key" even beside a string join column
+    np.testing.assert_array_equal(cq.fetch_payload(local, "scifact", [ids]), sf_index.keys_of([ids]))
 
 
 def test_metadata_written(sf_index, local, edge):
@@ -577,6 +578,17 @@ def test_cli_edge_roundtrip(sf_index, index_dir, qvecs, tmp_path):
     D, I = cli_results([[(h["id"], h["score"]) for h in r["results"]] for r in rows], sf_index, 5)
     # the CLI's defaults are search's: code scores here, exact re-rank of max(100, 10 * topk)
     assert_same_results(D, I, *sf_index.search(qvecs, 5, score="code"))
+    # a named sparse vector, searched with the adapter alone
+    named = tmp_path / "named-shard"
+    sf_index.encoder.save(tmp_path / "model.csr")
+    assert runner.invoke(export_qdrant, [str(index_dir), "--edge", str(named), "--vector-name", "foo",
+                                         "--quiet"]).exit_code == 0
+    alone = runner.invoke(search_qdrant, [str(tmp_path / "model.csr"), str(QUERIES), "--edge", str(named),
+                                          "--vector-name", "foo", "--topk", "5", "--rerank", "0", "--quiet"])
+    assert alone.exit_code == 0, alone.output
+    first = [line.split("\t") for line in alone.output.splitlines()[:5]]
+    _, Icode = sf_index.search(qvecs[:1], 5, score="code", rerank=0)
+    assert [row[2] for row in first] == list(sf_index.keys_of(Icode[0]))
 
 
 def test_cli_local_path_and_usage_errors(sf_index, scifact, tmp_path):
@@ -603,9 +615,14 @@ def test_cli_local_path_and_usage_errors(sf_index, scifact, tmp_path):
     client = QdrantClient(path=str(where))
     try:
         record = client.retrieve("docs", ids=[int(sub.ids[7])], with_payload=True)[0]
-        assert record.payload == {"id": scifact.keys[7]}
+        assert record.payload == {"id": scifact.keys[7], "key": scifact.keys[7]}
     finally:
         client.close()
+    # the adapter alone finds the keys in the payload: same output as with the index
+    sub.encoder.save(tmp_path / "model.csr")
+    alone = runner.invoke(search_qdrant, [str(tmp_path / "model.csr"), str(few), "--path", str(where),
+                                          "--collection", "docs", "--topk", "3", "--rerank", "0", "--quiet"])
+    assert alone.exit_code == 0 and alone.output == result.output, alone.output
     # usage errors: exit code 2 and a message naming the problem
     result = runner.invoke(export_qdrant, [str(tmp_path / "sub.csr"), "--path", str(where), "--quiet"])
     assert result.exit_code == 2 and "--collection" in result.output
@@ -618,6 +635,23 @@ def test_cli_local_path_and_usage_errors(sf_index, scifact, tmp_path):
     result = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--edge", str(tmp_path / "none"),
                                            "--quiet"])
     assert result.exit_code == 1 and "no qdrant-edge shard" in result.output
+    # failures of the target are clean errors (exit 1, no traceback)
+    bad_url = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--url", "ftp://x",
+                                            "--collection", "docs", "--quiet"])
+    held = QdrantClient(path=str(where))  # local mode: one client per directory
+    try:
+        busy = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--path", str(where),
+                                             "--collection", "docs", "--quiet"])
+    finally:
+        held.close()
+    smaller = subset_index(sf_index, scifact, 30)  # holds fewer documents than the collection
+    smaller.save(tmp_path / "smaller.csr")
+    missing = runner.invoke(search_qdrant, [str(tmp_path / "smaller.csr"), str(few), "--path", str(where),
+                                            "--collection", "docs", "--topk", "10", "--rerank", "0", "--quiet"])
+    for out in (bad_url, busy, missing):
+        assert out.exit_code == 1 and out.output.startswith("Error:") and out.exception.__class__ is SystemExit, \
+            out.output
+    assert "unknown ids" in missing.output
 
 
 def test_commands_register_on_the_main_group():

@@ -146,6 +146,20 @@ def test_server_rerank_in_local_mode(encoder, scifact, qvecs, tmp_path):
     assert client.retrieve("docs", ids=[3], with_payload=True)[0].payload == {}
 
 
+def test_id_columns_are_read_as_the_index_reads_them(encoder, scifact, tmp_path):
+    """Integral float ids (pandas writes integer ids with gaps so) are ids; a null id is refused."""
+    path = small_parquet(scifact, tmp_path / "f.parquet", 50)
+    table = pq.read_table(path)
+    floats = table.set_column(0, "id", pa.array(np.arange(50) * 2.0))
+    pq.write_table(floats, path)
+    client = QdrantClient(":memory:")
+    assert cq.export_parquet(encoder, path, client, "docs", payload_columns=[]).points_count == 50
+    assert client.retrieve("docs", ids=[98])[0].id == 98
+    pq.write_table(table.set_column(0, "id", pa.array([None] + list(range(1, 50)), pa.int64())), path)
+    with pytest.raises(ValueError, match="1 null ids"):
+        cq.export_parquet(encoder, path, QdrantClient(":memory:"), "docs")
+
+
 def test_int_ids_payload_and_resume(encoder, scifact, tmp_path):
     ids = np.random.default_rng(0).permutation(600).astype(np.int64) * 5
     path = small_parquet(scifact, tmp_path / "ids.parquet", 600, ids=ids)

@@ -346,3 +346,13 @@ def test_cli_build_and_search_from_a_text_column(tmp_path, gt_dir, scifact_texts
     assert result.exit_code != 0 and "--model" in result.output
     result = runner.invoke(main, ["build", str(tmp_path / "docs.parquet"), "--text-column", "body", "--model", gt_dir])
     assert result.exit_code != 0 and "no column 'body'" in result.output
+
+
+def test_read_texts_reads_ids_as_the_vector_files_do(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": pa.array([4.0, 9.0]), "text": ["a", "b"]}), path)
+    assert cst.read_texts(path).ids.tolist() == [4, 9]
+    for ids in (pa.array([4, None]), pa.array(["a", None])):
+        pq.write_table(pa.table({"id": ids, "text": ["a", "b"]}), path)
+        with pytest.raises(ValueError, match="1 null ids"):
+            cst.read_texts(path)

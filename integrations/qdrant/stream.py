@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from csr_index.io import id_column_kind, read_id_column
 from csr_index.progress import progress_bar
 from csr_index.validation import check_positive
 
@@ -72,7 +73,7 @@ def _plan_columns(files: list[Path], column: str, id_column: str | None, d: int,
             raise ValueError(f"{path}: column {column!r} holds {t.list_size}-d vectors, the adapter expects d={d}")
         if id_column is not None and id_column in schema.names:
             it = schema.field(id_column).type
-            k = "int" if pa.types.is_integer(it) else "key" if pa.types.is_string(it) or pa.types.is_large_string(it) else None
+            k = {"ids": "int", "keys": "key", None: None}[id_column_kind(it)]
             if k is None:
                 raise ValueError(f"{path}: id column {id_column!r} has type {it}; expected integers or strings")
         elif id_column is not None and id_column != "id":
@@ -222,17 +223,16 @@ def export_parquet(
             reader = pq.ParquetFile(path, buffer_size=READ_BUFFER, pre_buffer=False)
             for batch in reader.iter_batches(batch_size=read_batch_size, columns=read_cols):
                 n = batch.num_rows
+                if kind != "row":  # checked: no nulls, integral ids within int64
+                    batch_ids, batch_keys = read_id_column(batch.column(id_column), f"{id_column} (rows {row0}..)")
                 if kind == "int":
-                    id_col = batch.column(id_column)
-                    if id_col.null_count:
-                        raise ValueError(f"{path}: id column {id_column!r} has null rows in rows {row0}..{row0 + n - 1}")
-                    ids = _check_point_ids(id_col.to_numpy(zero_copy_only=False), n)
+                    ids = _check_point_ids(batch_ids, n)
                 else:
                     ids = np.arange(row0, row0 + n, dtype=np.int64)
                 xs = encoder.prepare(_vectors(batch.column(column), column, encoder.d, row0), f"rows {row0}..")
                 table = check_payload_table(pa.Table.from_batches([batch]).select(payload_cols))
                 if kind == "key" and keys_field is not None:
-                    table = table.append_column(keys_field, batch.column(id_column).cast(pa.string()))
+                    table = table.append_column(keys_field, pa.array(batch_keys, type=pa.string()))
                 if not state["ready"]:
                     start()
                 rows = np.arange(n)

@@ -78,8 +78,8 @@ def export(
         ids, a string column against the index's keys; without that column, row r
         belongs to the r-th point. ``payload_columns`` defaults to every column that is
         not a float-list (embedding) column.
-    keys_field: payload field that receives the index's string keys (None: don't; skipped
-        when the payload already carries them as its string join column).
+    keys_field: payload field that receives the index's string keys (None: don't; kept when
+        the payload already has a column of that name), where ``fetch_payload`` looks them up.
     dense: True uploads ``index.vectors()`` (needs store_vectors=True), an (n, d)
         array uploads those vectors (prepared as the index prepares queries), as a
         dense vector ``dense_vector_name`` (dot product) for hybrid search.
@@ -131,9 +131,7 @@ def export(
             dicts = [d if keys_field in d else {keys_field: k, **d} for d, k in zip(dicts, key_list)]
         elif table is None:
             table = pa.table({keys_field: pa.array(key_list, type=pa.string())})
-        elif keys_field not in table.column_names and not (
-            join in table.column_names and pa.types.is_string(table.schema.field(join).type)
-        ):  # not when the table's string join column already holds the keys
+        elif keys_field not in table.column_names:  # even when a string join column holds them too
             table = table.append_column(keys_field, pa.array(key_list, type=pa.string()))
     meta = index_metadata(index, vector_name, dense_vector_name if dense_vectors is not None else None)
     return export_codes(

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from csr_index.io import Embeddings
+from csr_index.io import Embeddings, read_id_column
 
 from ._deps import sentence_transformers
 from .convert import SAE_CLASSES, read_modules
@@ -140,13 +140,7 @@ def read_texts(path: str | os.PathLike, text_column: str = "text", id_column: st
         raise ValueError(f"column {text_column!r} has type {col.type}; expected strings")
     if col.null_count:
         raise ValueError(f"column {text_column!r} has {col.null_count} null rows")
-    ids = keys = None
-    if id_column is not None:
-        id_col = table.column(id_column)
-        if pa.types.is_integer(id_col.type):
-            ids = id_col.to_numpy().astype(np.int64)
-        else:
-            keys = [str(v) for v in id_col.to_pylist()]
+    ids, keys = read_id_column(table.column(id_column), id_column) if id_column is not None else (None, None)
     return Texts(col.to_pylist(), ids=ids, keys=keys, table=table.drop_columns([text_column]))
 
 
