@@ -22,11 +22,16 @@ def setup_logging(quiet: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def load_index(path: str, quiet: bool) -> CSRIndex:
+def load_index(path: str, quiet: bool, if_empty: str | None = None) -> CSRIndex:
+    """The index at ``path``; with ``if_empty`` (what to do instead), one without documents
+    (e.g. an adapter saved alone) is an error that says so."""
     try:
-        return CSRIndex.load(path, progress=not quiet)
+        index = CSRIndex.load(path, progress=not quiet)
     except IndexFormatError as exc:
         raise click.ClickException(str(exc)) from exc
+    if if_empty is not None and index.ntotal == 0:
+        raise click.ClickException(f"{path} holds no documents (an adapter saved alone?): {if_empty}")
+    return index
 
 
 def read_vectors(path: str, column: str, id_column: str | None) -> Embeddings:

@@ -27,6 +27,7 @@ from csr_index.io import EmbeddingFile
 from csr_index.rerank import exact_topn
 
 SCORE_CHOICE = click.Choice(["asymmetric", "code", "exact"])
+NO_DOCUMENTS = "nothing to search; build one with documents, or search its Qdrant collection with search-qdrant"
 
 
 @click.group()
@@ -104,7 +105,7 @@ def search(index_path, queries, topk, query_k, score, rerank, column, id_column,
     """Search INDEX_PATH with the vectors in QUERIES (or its --text-column embedded with --model);
     prints query, rank, id, score."""
     setup_logging(quiet)
-    index = load_index(index_path, quiet)
+    index = load_index(index_path, quiet, if_empty=NO_DOCUMENTS)
     emb = read_inputs(queries, column, id_column, text_column, text_model, embed_batch_size, quiet)
     try:
         D, I = index.search(emb.vectors, topk, query_k=query_k, score=score, rerank=rerank)
@@ -131,7 +132,7 @@ def evaluate(index_path, queries, qrels, corpus, query_k, column, id_column, qui
 
     With --text-column and --model the queries' text is embedded (--corpus stays vectors)."""
     setup_logging(quiet)
-    index = load_index(index_path, quiet)
+    index = load_index(index_path, quiet, if_empty=NO_DOCUMENTS)
     emb = read_inputs(queries, column, id_column, text_column, text_model, embed_batch_size, quiet)
     try:
         labels = read_qrels(qrels)

@@ -165,7 +165,8 @@ def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, time
     if streaming and payload is not None:
         raise click.UsageError("--payload applies to an index SOURCE; a Parquet SOURCE is its own payload "
                                "(choose columns with --payload-columns)")
-    model = _load_encoder(adapter, quiet) if streaming else load_index(source, quiet)
+    model = _load_encoder(adapter, quiet) if streaming else load_index(
+        source, quiet, if_empty=f"nothing to export; export a Parquet file with it: FILE --adapter {source}")
     columns = None
     if payload_columns is not None:
         columns = [] if payload_columns.strip().lower() == "none" else [

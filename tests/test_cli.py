@@ -203,6 +203,15 @@ def test_unknown_column_names_the_available_ones(data, tmp_path):
     assert not (tmp_path / "ix").exists()
 
 
+def test_an_index_without_documents_is_a_clean_error(built, data, tmp_path):
+    CSRIndex.load(built).encoder.save(tmp_path / "adapter.csr")  # the adapter alone
+    result = run("search", tmp_path / "adapter.csr", data["queries_file"], "--quiet", ok=False)
+    assert_clean_error(result, "holds no documents", "search-qdrant")
+    result = run("eval", tmp_path / "adapter.csr", "--queries", data["queries_file"], "--qrels", data["qrels"],
+                 "--quiet", ok=False)
+    assert_clean_error(result, "holds no documents")
+
+
 def test_unknown_device_is_a_clean_error(data, tmp_path):
     result = run("build", data["corpus_file"], "-o", tmp_path / "ix", "--device", "bogus", "--steps", 5, "--quiet",
                  ok=False)

@@ -635,6 +635,9 @@ def test_cli_local_path_and_usage_errors(sf_index, scifact, tmp_path):
     result = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--edge", str(tmp_path / "none"),
                                            "--quiet"])
     assert result.exit_code == 1 and "no qdrant-edge shard" in result.output
+    nothing = runner.invoke(export_qdrant, [str(tmp_path / "model.csr"), "--path", str(where), "--collection",
+                                            "other", "--quiet"])
+    assert nothing.exit_code == 1 and "holds no documents" in nothing.output and "--adapter" in nothing.output
     # failures of the target are clean errors (exit 1, no traceback)
     bad_url = runner.invoke(search_qdrant, [str(tmp_path / "sub.csr"), str(few), "--url", "ftp://x",
                                             "--collection", "docs", "--quiet"])
