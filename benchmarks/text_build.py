@@ -77,7 +77,7 @@ def main() -> None:
         seconds = None
         if args.rebuild or not index.exists():
             out, seconds = run(["build", str(corpus), "-o", str(index), *build_opts], env,
-                          args.out / f"build-{name}.log")
+                               args.out / f"build-{name}.log")
             print(f"[{name}] build {seconds:.0f}s: {out.strip()}", flush=True)
         evaluation, _ = run(["eval", str(index), "--queries", str(queries), "--qrels", str(qrels), *eval_opts], env,
                             args.out / f"eval-{name}.log")

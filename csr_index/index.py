@@ -126,13 +126,13 @@ class CSRIndex:
         new_ids = as_ids(ids, len(xs))
         if keys is not None and len(keys) != len(xs):
             raise ValueError(f"keys has {len(keys)} entries but there are {len(xs)} vectors")
+        if self.store_vectors and max(xs.max(), -xs.min()) > np.finfo(np.float16).max:  # checked before encoding
+            raise ValueError(f"vector components up to {max(xs.max(), -xs.min()):.3g} overflow the float16 originals "
+                             "(max 65504); scale the vectors or use store_vectors=False")
         codes, norms = self.encoder.encode_prepared(xs, self.k_doc)
         if self.values_dtype == np.float16 and codes.values.size and codes.values.max() > np.finfo(np.float16).max:
             raise ValueError(f"code values up to {codes.values.max():.3g} overflow float16 (max 65504); "
                              "use values_dtype='float32' or normalise the vectors")
-        if self.store_vectors and xs.size and max(xs.max(), -xs.min()) > np.finfo(np.float16).max:
-            raise ValueError(f"vector components up to {max(xs.max(), -xs.min()):.3g} overflow the float16 originals "
-                             "(max 65504); scale the vectors or use store_vectors=False")
         codes = SparseCodes(codes.indices, codes.values.astype(self.values_dtype), self.h)
         segment = Segment(new_ids, codes, norms, xs.astype(np.float16) if self.store_vectors else None,
                           pa.array([str(k) for k in keys], type=pa.string()) if keys is not None else None)

@@ -46,8 +46,9 @@ class EmbeddingFile:
     """A ``.npy`` file or a Parquet column of vectors, read whole, in batches, or by rows.
 
     The Parquet column must be a fixed-size or variable list of numbers (all rows the same
-    length). ``id_column``, when present, gives ids: integer columns (and floats with integral
-    values) become int64 ids, string columns become keys; nulls and other types are errors. A missing ``id_column`` named explicitly is an error; the
+    length). ``id_column``, when present, gives ids (see :func:`read_id_column`): integer
+    columns (and floats with integral values) become int64 ids, string columns become keys;
+    nulls and other types are errors. A missing ``id_column`` named explicitly is an error; the
     default ``"id"`` is simply skipped when absent. Batches and row samples hold only their
     own rows in memory (``.npy`` files are memory-mapped).
     """

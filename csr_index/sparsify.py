@@ -152,6 +152,15 @@ def _encode_chunk(r0, r1, pre, select, k, refit, ridge, gram, latent_bias, w_bia
             out_val[r, a] = val[a]
 
 
+ROWS_PER_CHUNK = 256
+"""Fewest rows a thread of the compiled row kernels takes: smaller batches run on one thread."""
+
+
+def _row_chunks(n: int) -> int:
+    """Threads (chunks of rows) a batch of ``n`` rows is split over: numba's count, at most one per ROWS_PER_CHUNK."""
+    return min(numba.get_num_threads(), max(1, n // ROWS_PER_CHUNK))
+
+
 @njit(cache=True, parallel=True)
 def _encode_parallel(nchunks, pre, select, k, refit, ridge, gram, latent_bias, w_bias, bias_sq, out_idx, out_val,
                      out_norm):
@@ -179,7 +188,7 @@ def encode_rows(pre: np.ndarray, k: int, gram: np.ndarray, latent_bias: np.ndarr
     shift = np.empty(0, np.float32) if select is None else np.ascontiguousarray(select, dtype=np.float32)
     args = (pre, shift, k, bool(refit), float(ridge), gram, latent_bias, w_bias, float(bias_sq), out_idx, out_val,
             out_norm)
-    nchunks = min(numba.get_num_threads(), max(1, n // 256))
+    nchunks = _row_chunks(n)
     if nchunks <= 1:
         _encode_chunk(0, n, *args)
     else:
@@ -215,7 +224,7 @@ def support_rows(score: np.ndarray, unbias: np.ndarray, k: int) -> np.ndarray:
     score = np.ascontiguousarray(score, dtype=np.float32)
     out = np.empty((score.shape[0], k), dtype=np.int64)
     args = (score, np.ascontiguousarray(unbias, dtype=np.float32), int(k), out)
-    nchunks = min(numba.get_num_threads(), max(1, score.shape[0] // 256))
+    nchunks = _row_chunks(score.shape[0])
     if nchunks <= 1:
         _support_chunk(0, score.shape[0], *args)
     else:

@@ -142,7 +142,7 @@ def _reusable(root: Path, entry: dict[str, Any] | None, old_names: set[str]) -> 
 
 
 def _listed(manifest: dict[str, Any] | None) -> set[str]:
-    if not manifest or manifest.get("format_version") != FORMAT_VERSION:
+    if not manifest:  # (_check_target refuses a manifest of another format version)
         return set()
     names = {manifest.get("adapter", {}).get("name")}
     names |= {e["name"] for seg in manifest.get("segments", []) for e in seg.get("files", {}).values()}

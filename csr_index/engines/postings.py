@@ -10,7 +10,7 @@ from numba import njit
 from ..codes import SparseCodes
 from .kernels import LUT
 
-__all__ = ["Postings", "ForwardIndex", "VALUE_TYPES"]
+__all__ = ["Postings", "ForwardIndex", "VALUE_TYPES", "list_lengths"]
 
 VALUE_TYPES = ("float32", "float16")
 
@@ -25,17 +25,31 @@ def _encode_values(values: np.ndarray, value_type: str) -> tuple[np.ndarray, np.
 
 
 @njit(cache=True)
+def _list_lengths(indices, values, h):
+    """Non-zero slots of codes (n, k) per latent (h,) int64: the length of each posting list."""
+    n, k = indices.shape
+    lengths = np.zeros(h, dtype=np.int64)
+    for d in range(n):
+        for j in range(k):
+            if values[d, j] != 0:
+                lengths[indices[d, j]] += 1
+    return lengths
+
+
+def list_lengths(codes: SparseCodes) -> np.ndarray:
+    """The length of each latent's posting list over ``codes`` (h,) int64, in one compiled pass."""
+    values = codes.values if codes.values.dtype != np.float16 else codes.values != 0  # numba has no float16
+    return _list_lengths(np.ascontiguousarray(codes.indices), np.ascontiguousarray(values), codes.h)
+
+
+@njit(cache=True)
 def _build_lists(indices, values, h, limit):
     """Counting sort of the non-zero slots of codes (n, k) into doc-ordered lists per latent
     (indptr, docs, values); with ``limit`` > 0 each longer list then keeps its ``limit`` largest
     values (ties: lower doc first), in doc order. Linear in the number of slots."""
     n, k = indices.shape
-    counts = np.zeros(h + 1, dtype=np.int64)
-    for d in range(n):
-        for j in range(k):
-            if values[d, j] != 0:
-                counts[indices[d, j] + 1] += 1
-    indptr = np.cumsum(counts)
+    indptr = np.zeros(h + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum(_list_lengths(indices, values, h))
     fill = indptr[:-1].copy()
     docs = np.empty(indptr[-1], dtype=np.int32)
     vals = np.empty(indptr[-1], dtype=np.float32)

@@ -9,6 +9,7 @@ from ..validation import check_positive
 from .shortlist import pruned_topn
 from .base import empty_result, sparse_query_arrays
 from .inverted import InvertedIndexEngine
+from .postings import list_lengths
 
 __all__ = ["PrunedEngine"]
 
@@ -58,7 +59,7 @@ class PrunedEngine(InvertedIndexEngine):
     def _list_limit(self, codes: SparseCodes) -> int | None:
         if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment is scanned exactly
             return None
-        lengths = np.bincount(codes.indices[codes.values != 0].astype(np.int64), minlength=codes.h)
+        lengths = list_lengths(codes)
         return max(1, int(np.ceil(self.list_cut * lengths.sum() / max(1, np.count_nonzero(lengths)))))
 
     def options(self) -> dict:

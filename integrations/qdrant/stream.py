@@ -55,7 +55,8 @@ def _files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path
 
 def _plan_columns(files: list[Path], column: str, id_column: str | None, d: int,
                   payload_columns: Sequence[str] | None, keys_field: str | None) -> tuple[str, list[str], int]:
-    """Check every file's schema; returns (id kind "int" / "key" / "row", payload columns, total rows)."""
+    """Check every file's schema; returns (id kind "ids" / "keys" (see
+    :func:`csr_index.io.id_column_kind`) / "row", payload columns, total rows)."""
     kind, total, first = "row", 0, None
     for path in files:
         try:
@@ -73,7 +74,7 @@ def _plan_columns(files: list[Path], column: str, id_column: str | None, d: int,
             raise ValueError(f"{path}: column {column!r} holds {t.list_size}-d vectors, the adapter expects d={d}")
         if id_column is not None and id_column in schema.names:
             it = schema.field(id_column).type
-            k = {"ids": "int", "keys": "key", None: None}[id_column_kind(it)]
+            k = id_column_kind(it)
             if k is None:
                 raise ValueError(f"{path}: id column {id_column!r} has type {it}; expected integers or strings")
         elif id_column is not None and id_column != "id":
@@ -87,7 +88,7 @@ def _plan_columns(files: list[Path], column: str, id_column: str | None, d: int,
     assert first is not None
     if payload_columns is None:
         wanted = [f.name for f in first if f.name != column and not _is_vector_column(f.type)
-                  and not (f.name == id_column and (kind == "int" or keys_field is not None))]
+                  and not (f.name == id_column and (kind == "ids" or keys_field is not None))]
     else:
         wanted = list(payload_columns)
         missing = [c for c in wanted if c not in first.names]
@@ -97,7 +98,7 @@ def _plan_columns(files: list[Path], column: str, id_column: str | None, d: int,
         if not _json_type(first.field(name).type):
             raise ValueError(f"payload column {name!r} has Arrow type {first.field(name).type}, which has no JSON "
                              "form in a Qdrant payload; leave it out of payload_columns")
-    if kind == "key" and keys_field is not None and keys_field in wanted:
+    if kind == "keys" and keys_field is not None and keys_field in wanted:
         raise ValueError(f"keys_field={keys_field!r} would overwrite the payload column of that name; rename one")
     return kind, wanted, total
 
@@ -225,13 +226,13 @@ def export_parquet(
                 n = batch.num_rows
                 if kind != "row":  # checked: no nulls, integral ids within int64
                     batch_ids, batch_keys = read_id_column(batch.column(id_column), f"{id_column} (rows {row0}..)")
-                if kind == "int":
+                if kind == "ids":
                     ids = _check_point_ids(batch_ids, n)
                 else:
                     ids = np.arange(row0, row0 + n, dtype=np.int64)
                 xs = encoder.prepare(_vectors(batch.column(column), column, encoder.d, row0), f"rows {row0}..")
                 table = check_payload_table(pa.Table.from_batches([batch]).select(payload_cols))
-                if kind == "key" and keys_field is not None:
+                if kind == "keys" and keys_field is not None:
                     table = table.append_column(keys_field, pa.array(batch_keys, type=pa.string()))
                 if not state["ready"]:
                     start()
