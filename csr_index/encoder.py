@@ -21,7 +21,7 @@ from .config import CSRConfig
 from .errors import NotTrainedError
 from .model import SparseAdapter
 from .progress import progress_bar
-from .sparsify import encode_rows, support_rows
+from .sparsify import GRAM_MAX_H, encode_rows, support_rows
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive
 
@@ -34,8 +34,8 @@ WORKING_SET = 1 << 24
 """Float32 elements an encoding batch may hold in its largest block (64 MiB): the (batch, h)
 pre-activations, or the (batch, k, d) atoms gathered when there is no gram matrix; the
 batch shrinks as the model grows, so memory does not."""
-GRAM_MAX_H = 8192
-"""Widest code space whose (h, h) gram matrix W W^T is kept for encoding (256 MiB at h = 8192)."""
+STATS_SAMPLE = 32_768
+"""Training vectors whose codes give the IDF weights and the reported fvu (all of them when fewer)."""
 
 
 class CSREncoder:
@@ -136,18 +136,21 @@ class CSREncoder:
         log.info("training CSR adapter: n=%d d=%d h=%d k=%d", len(xs), self.d, self.h, self.k)
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
         self.adapter, self._derived = result.adapter.to(self.device), {}
-        codes = self.encode_prepared(xs, self.k if idf_k is None else idf_k)[0]
+        # IDF weights and the reported fvu from the codes of (a sample of) the training vectors
+        xe = xs if len(xs) <= STATS_SAMPLE else xs[np.sort(np.random.default_rng(self.config.seed).choice(
+            len(xs), STATS_SAMPLE, replace=False))]
+        codes = self.encode_prepared(xe, self.k if idf_k is None else idf_k)[0]
         if self.config.idf_weights:
             self.adapter.set_latent_weights(
-                torch.from_numpy(codes.indices.astype(np.int64)), torch.from_numpy(codes.values), len(xs)
+                torch.from_numpy(codes.indices.astype(np.int64)), torch.from_numpy(codes.values), len(xe)
             )
-        residual = xs - self.decode(codes)
-        spread = float(((xs - xs.mean(0)) ** 2).sum())
+        residual = xe - self.decode(codes)
+        spread = float(((xe - xe.mean(0)) ** 2).sum())
         self.train_stats = {
             "n_train": int(len(xs)),
             "steps": result.steps,
             "seconds": round(result.seconds, 3),
-            # fraction of variance unexplained by the codes of all training vectors, as stored
+            # fraction of variance unexplained by the stored codes of (a sample of) the training vectors
             "fvu": round(float((residual**2).sum()) / max(spread, 1e-12), 5),
             "dead_fraction": result.dead_fraction,
         }

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .model import SparseAdapter
 
-__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss", "distillation_loss"]
+__all__ = ["fvu", "auxk_loss", "code_cosines", "contrastive_loss", "distillation_targets", "distillation_loss"]
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -73,19 +73,25 @@ def contrastive_loss(
     )
 
 
+def distillation_targets(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher of :func:`distillation_loss` for a batch ``x`` (n, d): softmax_j(cos(x_i, x_j) / t)
+    over j != i, (n, n) with zeros on the diagonal. Computed once per batch, shared by every code
+    (prefix) the batch distils into."""
+    xn = F.normalize(x, dim=-1)
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return torch.softmax((xn @ xn.T / temperature).masked_fill(eye, float("-inf")), dim=1)
+
+
 def distillation_loss(
-    codes: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, h: int, temperature: float
+    codes: tuple[torch.Tensor, torch.Tensor], teacher: torch.Tensor, h: int, temperature: float
 ) -> torch.Tensor:
     """Relational distillation: code cosines should rank the *other* batch items as dense cosines do.
 
-    For each row i, cross-entropy between softmax_j(cos(x_i, x_j) / t) (the teacher) and
-    softmax_j(cos(z_i, z_j) / t) over j != i. The pair (i, i) is left out: a vector is its
-    own nearest neighbour, which would otherwise swamp the target.
+    For each row i, cross-entropy between the teacher's softmax_j(cos(x_i, x_j) / t)
+    (:func:`distillation_targets`) and softmax_j(cos(z_i, z_j) / t) over j != i. The pair (i, i) is
+    left out: a vector is its own nearest neighbour, which would otherwise swamp the target.
     """
-    xn = F.normalize(x, dim=-1)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    teacher = (xn @ xn.T / temperature).masked_fill(eye, float("-inf"))
+    eye = torch.eye(teacher.shape[0], dtype=torch.bool, device=teacher.device)
     student = (code_cosines(codes, codes, h) / temperature).masked_fill(eye, float("-inf"))
     log_p = F.log_softmax(student, dim=1).masked_fill(eye, 0.0)
-    return -(torch.softmax(teacher, dim=1) * log_p).sum(1).mean()
-
+    return -(teacher * log_p).sum(1).mean()

@@ -19,7 +19,11 @@ from numba import njit, prange
 
 from .engines.kernels import _offer
 
-__all__ = ["encode_rows", "support_rows"]
+__all__ = ["encode_rows", "support_rows", "GRAM_MAX_H"]
+
+GRAM_MAX_H = 8192
+"""Widest code space whose (h, h) gram matrix W W^T is kept for encoding (256 MiB at h = 8192); wider
+adapters encode in torch, from the atoms of each support."""
 
 
 TOPK_BLOCK = 16

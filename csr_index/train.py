@@ -10,15 +10,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import CSRConfig
-from .losses import auxk_loss, contrastive_loss, distillation_loss, fvu
+from .balance import firing_rates, settle_selection_bias, update_selection_bias
+from .dictionary import dictionary_adapter
+from .losses import auxk_loss, contrastive_loss, distillation_loss, distillation_targets, fvu
 from .model import SparseAdapter
 from .progress import progress_bar
 
-__all__ = ["TrainResult", "train_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
+__all__ = ["TrainResult", "train_adapter", "initial_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
 
 log = logging.getLogger(__name__)
+
+SETTLE_SAMPLE = 8192
+"""Training vectors on which the load-balancing cap is made to hold once training ends."""
 
 
 @dataclass
@@ -40,24 +46,40 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def firing_rates(values: torch.Tensor, indices: torch.Tensor, h: int) -> torch.Tensor:
-    """Share (h,) of the batch's codes in which each latent is active (value > 0)."""
-    counts = torch.zeros(h, dtype=values.dtype, device=values.device)
-    counts.index_add_(0, indices.reshape(-1), (values > 0).reshape(-1).to(values.dtype))
-    return counts / values.shape[0]
+def _schedule(steps: int, warmup: int, decay: str) -> Callable[[int], float]:
+    """Learning-rate factor of each step: linear warm-up, then cosine or linear decay to 0."""
+    def factor(s: int) -> float:
+        done = min(1.0, s / max(1, steps))
+        tail = 0.5 * (1 + math.cos(math.pi * done)) if decay == "cosine" else max(0.0, (steps - s) / max(1, steps - warmup))
+        return min((s + 1) / warmup, tail)
+    return factor
 
 
-def update_selection_bias(adapter: SparseAdapter, rates: torch.Tensor, k: int, config: CSRConfig) -> None:
-    """One step of soft-capped load balancing of the TopK support.
+def _prefix_reconstructions(adapter: SparseAdapter, values: torch.Tensor, indices: torch.Tensor,
+                            cuts: list[int]) -> list[torch.Tensor]:
+    """Reconstructions from the first c slots of each code, for every c in ``cuts`` (ascending): one
+    ``embedding_bag`` over the slot ranges between cuts, then running sums (one pass, not one per cut)."""
+    n = values.shape[0]
+    starts = torch.tensor([0, *cuts[:-1]], device=values.device)
+    offsets = (torch.arange(n, device=values.device).unsqueeze(1) * cuts[-1] + starts).reshape(-1)
+    parts = F.embedding_bag(indices[:, : cuts[-1]].reshape(-1), adapter.W, offsets,
+                            per_sample_weights=values[:, : cuts[-1]].reshape(-1), mode="sum")
+    running = parts.view(n, len(cuts), -1).cumsum(1) + adapter.pre_bias
+    return list(running.unbind(1))
 
-    A latent active in more than ``balance_cap * k / h`` of the batch's codes has its
-    selection bias lowered by ``balance_step``; every other latent's bias relaxes by the same
-    step back towards 0 (never above). Only hubs are pushed; ordinary latents keep plain TopK.
-    """
-    cap = config.balance_cap * k / adapter.h
-    step = config.balance_step
-    b = adapter.selection_bias
-    b.copy_(torch.where(rates > cap, b - step, (b + step).clamp_max(0.0)))
+
+def initial_adapter(x: np.ndarray, d: int, h: int, cfg: CSRConfig, rng: np.random.Generator) -> SparseAdapter:
+    """The adapter training starts from: a dictionary fitted to a sample of ``x``
+    (``init="dictionary"``, see :mod:`csr_index.dictionary`) or random unit rows."""
+    if cfg.pre_bias_init not in ("mean", "zero"):
+        raise ValueError(f"pre_bias_init must be 'mean' or 'zero', got {cfg.pre_bias_init!r}")
+    mean = x.mean(0) if cfg.pre_bias_init == "mean" else np.zeros(d, np.float32)
+    if cfg.init == "dictionary":
+        sample = x if len(x) <= cfg.init_sample else x[np.sort(rng.choice(len(x), cfg.init_sample, replace=False))]
+        return dictionary_adapter(sample, mean, h, cfg.k, cfg.init_rounds, cfg.balance_cap, rng)
+    adapter = SparseAdapter(d, h, seed=cfg.seed)
+    adapter.pre_bias.data = torch.from_numpy(np.asarray(mean, np.float32))
+    return adapter
 
 
 def train_adapter(
@@ -72,30 +94,32 @@ def train_adapter(
 ) -> TrainResult:
     """Train a CSR adapter on float32 ``x`` (n, d); returns it in eval mode, on CPU.
 
-    ``pairs`` = (queries, positives), two (m, d) arrays: the contrastive term then
-    pulls each query's code towards its positive's code (supervised InfoNCE) and
-    the queries join the reconstruction batches. Without pairs it is
-    ``config.contrastive``: relational distillation (default) or the paper's InfoNCE.
-    ``callback(step, adapter)`` runs every ``callback_every`` steps (e.g. to draw a
-    quality curve); the adapter is in eval mode during the call.
+    Training starts from :func:`initial_adapter` and takes ``config.train_steps`` Adam steps on
+    the normalised reconstruction of the k-code, of its prefixes and of the ``multi_k_factor * k``
+    code, the AuxK term (when ``beta`` > 0) and a contrastive term. ``pairs`` = (queries,
+    positives), two (m, d) arrays: the contrastive term then pulls each query's code towards its
+    positive's code (supervised InfoNCE) and the queries join the reconstruction batches. Without
+    pairs it is ``config.contrastive``: relational distillation (default) or the paper's InfoNCE.
+    ``callback(step, adapter)`` runs every ``callback_every`` steps (e.g. to draw a quality curve);
+    the adapter is in eval mode during the call.
     """
+    t0 = time.perf_counter()
     cfg = config.resolve(d, h)
     k = cfg.k
-    k_multi = min(h, cfg.multi_k_factor * k)
+    k_multi = min(h, cfg.multi_k_factor * k) if cfg.multi_k_weight > 0 else k
     prefixes = cfg.prefix_budgets(k)  # Matryoshka budgets, and the weight of each one's terms
     w_prefix = cfg.nested_weight if cfg.nested_weight is not None else 1 / max(len(prefixes), 1)
+    prefixes = prefixes if w_prefix > 0 else ()  # weight 0: the single-k objective, computed as such
+    cuts = sorted({*prefixes, k, k_multi})
     k_aux = min(cfg.k_aux, h // 2)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    adapter = SparseAdapter(d, h, seed=cfg.seed)
     train_x = x if pairs is None else np.concatenate([x, pairs[0]])
-    if cfg.pre_bias_init == "mean":
-        adapter.pre_bias.data = torch.from_numpy(train_x.mean(0))
-    elif cfg.pre_bias_init != "zero":
-        raise ValueError(f"pre_bias_init must be 'mean' or 'zero', got {cfg.pre_bias_init!r}")
+    adapter = initial_adapter(train_x, d, h, cfg, rng)
     adapter.to(device).train()
+    init_seconds = time.perf_counter() - t0
 
     # the training set stays in host memory; each batch is copied to the device when drawn
     n = train_x.shape[0]
@@ -105,16 +129,12 @@ def train_adapter(
     steps = cfg.train_steps(n)
     batch = min(cfg.batch_size, n)
     opt = torch.optim.Adam(adapter.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    warmup = min(cfg.warmup_steps, steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps, min(cfg.warmup_steps, steps // 10 + 1), cfg.decay))
     # samples since each latent last fired; only training batches advance it
     since_fired = torch.zeros(h, dtype=torch.long, device=device)
     order = rng.permutation(n)
     cursor = 0
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
     log_every = max(1, steps // 20)
     bar = progress_bar(range(steps), progress, desc="training CSR adapter", unit="step")
     for step in bar:
@@ -123,29 +143,32 @@ def train_adapter(
         xb = torch.from_numpy(train_x[order[cursor : cursor + batch]]).to(device)
         cursor += batch
 
-        pre = adapter.preactivations(xb)
-        values, indices = adapter.topk(pre, k)  # the support honours the selection bias
-        x_hat = adapter.decode(values, indices)
-        loss_k = fvu(xb, x_hat)
+        # (x - pre_bias) W^T with the bias term as one (h,) row: its gradient is a vector-matrix
+        # product, not a second (batch, h) x (h, d) one
+        pre = torch.addmm(adapter.latent_bias - adapter.W @ adapter.pre_bias, xb, adapter.W.T)
+        values_all, indices_all = adapter.topk(pre, k_multi)  # the support honours the selection bias
+        values, indices = values_all[:, :k], indices_all[:, :k]
+        recon = dict(zip(cuts, _prefix_reconstructions(adapter, values_all, indices_all, cuts)))
+        loss_k = fvu(xb, recon[k])
         loss = loss_k
-        if cfg.multi_k_weight > 0 and k_multi > k:
-            values_m, indices_m = adapter.topk(pre, k_multi)
-            loss = loss + cfg.multi_k_weight * fvu(xb, adapter.decode(values_m, indices_m))
+        if k_multi > k:
+            loss = loss + cfg.multi_k_weight * fvu(xb, recon[k_multi])
         for kp in prefixes:  # Matryoshka-style: every prefix of the code must reconstruct too
-            loss = loss + w_prefix * fvu(xb, adapter.decode(values[:, :kp], indices[:, :kp]))
+            loss = loss + w_prefix * fvu(xb, recon[kp])
         dead = since_fired > cfg.dead_after
         if cfg.beta > 0:
-            loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - x_hat).detach(), k_aux)
+            loss = loss + cfg.beta * auxk_loss(adapter, pre, dead, (xb - recon[k]).detach(), k_aux)
         if cfg.gamma > 0:
             if pairs is not None:
                 j = rng.integers(0, pq.shape[0], size=min(batch, pq.shape[0]))
                 qb, pb = torch.from_numpy(pq[j]).to(device), torch.from_numpy(pp[j]).to(device)
                 cl = contrastive_loss(adapter.encode(qb, k), adapter.encode(pb, k), h, cfg.temperature)
             elif cfg.contrastive == "distill":
-                cl = distillation_loss((values, indices), xb, h, cfg.distill_temperature)
-                for kp in prefixes:
+                teacher = distillation_targets(xb, cfg.distill_temperature)
+                cl = distillation_loss((values, indices), teacher, h, cfg.distill_temperature)
+                for kp in prefixes if cfg.prefix_distill else ():
                     prefix = (values[:, :kp], indices[:, :kp])
-                    cl = cl + w_prefix * distillation_loss(prefix, xb, h, cfg.distill_temperature)
+                    cl = cl + w_prefix * distillation_loss(prefix, teacher, h, cfg.distill_temperature)
             else:
                 cl = contrastive_loss((values, indices), (values, indices), h, cfg.temperature)
             loss = loss + cfg.gamma * cl
@@ -187,13 +210,17 @@ def train_adapter(
             adapter.train()
     bar.close()
     adapter.eval().cpu()
+    if cfg.balance_cap is not None:  # make the cap hold on the data, not only on average over batches
+        sample = train_x if n <= SETTLE_SAMPLE else train_x[np.sort(rng.choice(n, SETTLE_SAMPLE, replace=False))]
+        settle_selection_bias(adapter, torch.from_numpy(np.ascontiguousarray(sample)), k, cfg.balance_cap * k / h)
     dead_fraction = float((since_fired > cfg.dead_after).float().mean())
+    seconds = time.perf_counter() - t0
+    log.info("trained in %.1f s (start %.1f s, %d steps)", seconds, init_seconds, steps)
     return TrainResult(
         adapter=adapter,
         steps=steps,
-        seconds=time.perf_counter() - t0,
-        fvu=history[-1]["fvu"],
+        seconds=seconds,
+        fvu=history[-1]["fvu"] if history else float("nan"),
         dead_fraction=dead_fraction,
         history=history,
     )
-

@@ -156,13 +156,15 @@ def test_training_does_not_modify_its_input(corpus, tiny_config):
     "config, n, expected",
     [
         (CSRConfig(steps=7), 10**6, 7),  # explicit steps win
-        (CSRConfig(), 100, 2000),  # 20 epochs of 1 batch, clamped up to min_steps
-        (CSRConfig(), 200_000, 3920),  # 20 epochs * ceil(200000 / 1024) = 20 * 196
-        (CSRConfig(), 10**8, 5000),  # clamped down to max_steps
-        (CSRConfig(epochs=1, min_steps=1), 2048, 2),
-        (CSRConfig(epochs=1, min_steps=1), 2049, 3),  # a partial batch counts
-        (CSRConfig(batch_size=10, epochs=2.5, min_steps=1, max_steps=50), 40, 10),
-        (CSRConfig(min_steps=5, max_steps=5), 10**7, 5),
+        (CSRConfig(), 100, 800),  # the default: a fixed short schedule, whatever the data size
+        (CSRConfig(), 10**8, 800),
+        (CSRConfig.long(), 100, 2000),  # 20 epochs of 1 batch, clamped up to min_steps
+        (CSRConfig.long(), 200_000, 3920),  # 20 epochs * ceil(200000 / 1024) = 20 * 196
+        (CSRConfig.long(), 10**8, 5000),  # clamped down to max_steps
+        (CSRConfig.long(epochs=1, min_steps=1), 2048, 2),
+        (CSRConfig.long(epochs=1, min_steps=1), 2049, 3),  # a partial batch counts
+        (CSRConfig(steps=None, batch_size=10, epochs=2.5, min_steps=1, max_steps=50), 40, 10),
+        (CSRConfig(steps=None, min_steps=5, max_steps=5), 10**7, 5),
     ],
 )
 def test_train_steps(config, n, expected):
