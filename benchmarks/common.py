@@ -82,12 +82,13 @@ def cached_index(tag: str, xb: np.ndarray, config, cache: Path = CACHE, keys=Non
 
 
 def scifact_index(k: int, nested_k: tuple[int, ...] | None = None, nested_weight: float | None = None, seed: int = 0,
-                  cache: Path = CACHE):
-    """A CSRIndex with the library defaults (or the given ``nested_k``) trained on the SciFact corpus
-    and holding it (originals stored); cached (see :func:`cached_index`)."""
+                  cache: Path = CACHE, long: bool = False):
+    """A CSRIndex with the library defaults (or the given ``nested_k``; the long schedule,
+    ``CSRConfig.long()``, with ``long``) trained on the SciFact corpus and holding it (originals
+    stored); cached (see :func:`cached_index`)."""
     from csr_index import CSRConfig
 
-    config = CSRConfig(seed=seed, nested_k=nested_k, nested_weight=nested_weight, k=k)
+    config = (CSRConfig.long if long else CSRConfig)(seed=seed, nested_k=nested_k, nested_weight=nested_weight, k=k)
     config.nested_k = config.prefix_budgets()  # the default spelled out: one cache entry per model
     return cached_index("scifact", load_scifact()[0], config, cache)
 

@@ -98,8 +98,9 @@ def engines(args: argparse.Namespace) -> None:
         index = CSRIndex.from_encoder(CSRIndex.load(args.index).encoder)
         train_s = 0.0
     else:
-        config = CSRConfig(steps=args.steps, batch_size=1024, device="cpu",
-                           **({"balance_cap": None} if args.plain else {}))
+        # the long schedule's settings at --steps (what the README's figures were measured with)
+        config = CSRConfig.long(steps=args.steps, device="cpu", balance_settle=False,
+                                **({"balance_cap": None} if args.plain else {}))
         index = CSRIndex(xb.shape[1], k=args.k, config=config)
         _, train_s = timed(lambda: index.train(xb))
     index.set_engine("inverted")  # exact code x code, as Qdrant computes it
@@ -366,7 +367,8 @@ def stream(args: argparse.Namespace) -> None:
     if not adapter.exists():  # the cluster recipe's first step: an adapter trained on a sample
         sample = read_embeddings(args.corpus).vectors
         sample = sample[np.random.default_rng(0).choice(len(sample), args.sample, replace=False)]
-        encoder = CSREncoder(sample.shape[1], k=32, config=CSRConfig(steps=args.steps, batch_size=1024, device="cpu"))
+        encoder = CSREncoder(sample.shape[1], k=32, config=CSRConfig.long(steps=args.steps, device="cpu",
+                                                                                 balance_settle=False))
         _, train_s = timed(lambda: encoder.fit(sample))
         encoder.save(adapter)
         print(f"adapter trained on {args.sample:,} rows in {train_s:.0f}s -> {adapter}", file=sys.stderr)

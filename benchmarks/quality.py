@@ -1,11 +1,13 @@
 """Retrieval quality of CSR codes against dense search and the compressions users pick instead.
 
-    python benchmarks/quality.py [--ks 8,16,32,64] [--plot docs/quality.png]
+    python benchmarks/quality.py [--ks 8,16,32,64] [--long 32] [--plot docs/quality.png]
 
 On BEIR SciFact (all-MiniLM-L6-v2 vectors, 5,183 docs, 300 labelled queries), one
 table of NDCG@10 and Recall@100 against bytes per stored vector, for:
 - exact dense (faiss IndexFlatIP, float32),
-- CSR at each k, trained on the corpus with the library defaults on 2 torch threads (cached in
+- CSR at each k of --ks, trained on the corpus with the library defaults on 2 torch threads, and at
+  each k of --long also with the long schedule (``CSRConfig.long()``, the default before the
+  fast build) for comparison (all cached in
   runs/bench-cache by common.scifact_index, keyed by config and thread count), scored three ways
   (code x code, asymmetric, and the default search: a sparse asymmetric shortlist + exact re-rank
   of the top 100); bytes count everything the index holds per vector (codes, id, norm, posting
@@ -32,6 +34,7 @@ DEPTH = 100
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", default="8,16,32,64")
+    parser.add_argument("--long", default="", help="k values also trained with CSRConfig.long(), e.g. 32")
     parser.add_argument("--plot", default=str(ROOT / "docs" / "quality.png"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -75,17 +78,19 @@ def main() -> None:
     dist, idx = binary.search(bits_q, DEPTH)
     add(f"binary sign ({d // 8} B, Hamming)", "binary", d // 8, -dist.astype(np.float32), idx)
 
-    for k in [int(v) for v in args.ks.split(",")]:
-        index = scifact_index(k, seed=args.seed)  # trained with the defaults, or cached from an earlier run
+    runs = [(int(v), False) for v in args.ks.split(",")] + [(int(v), True) for v in args.long.split(",") if v]
+    for k, long in runs:
+        index = scifact_index(k, seed=args.seed, long=long)  # trained, or cached from an earlier run
         seconds = index.train_stats["seconds"]
+        k, tag = (f"{k}, long schedule", " (long schedule)") if long else (k, "")
         stats = index.stats()  # counts the default engine's own arrays (built here)
         # everything the index holds per vector: codes, id, norm, posting lists; + float16 originals
         full = stats["memory_bytes_per_vector"]
         codes_only = full - stats.get("memory_vectors_bytes_per_vector", 0)
-        add(f"CSR k={k} code", "CSR code", codes_only, *index.search(xq, DEPTH, score="code", rerank=0), seconds)
-        add(f"CSR k={k} asymmetric", "CSR asymmetric", codes_only,
+        add(f"CSR k={k} code", "CSR code" + tag, codes_only, *index.search(xq, DEPTH, score="code", rerank=0), seconds)
+        add(f"CSR k={k} asymmetric", "CSR asymmetric" + tag, codes_only,
             *index.search(xq, DEPTH, score="asymmetric", rerank=0), seconds)
-        add(f"CSR k={k} default search (shortlist + rerank 100)", "CSR rerank 100", full,
+        add(f"CSR k={k} default search (shortlist + rerank 100)", "CSR rerank 100" + tag, full,
             *index.search(xq, DEPTH, rerank=100), seconds)
 
     print()

@@ -207,7 +207,8 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     xb, xq = load_pypi()
     gt = ground_truth(xb, xq)
-    cfg = CSRConfig(steps=args.steps, h=args.h, device="cpu", **json.loads(args.config))
+    # the study ran on the long schedule, before the fast build and the final settling of the cap
+    cfg = CSRConfig.long(steps=args.steps, h=args.h, device="cpu", balance_settle=False, **json.loads(args.config))
     if args.update == "uniform":
         train_mod.update_selection_bias = uniform_update
         if cfg.balance_cap is None:

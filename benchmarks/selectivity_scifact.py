@@ -31,7 +31,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     xb, doc_keys, xq, query_keys, qrels = load_scifact()
-    config = CSRConfig(device="cpu", **json.loads(args.config))
+    # the study ran on the long schedule, before the fast build and the final settling of the cap
+    config = CSRConfig.long(device="cpu", balance_settle=False, **json.loads(args.config))
     index = CSRIndex(xb.shape[1], k=32, h=args.h, store_vectors=True, config=config, engine="scipy")
     index.train(xb)
     index.add(xb)

@@ -50,7 +50,10 @@ def main() -> None:
 @click.option("--store-vectors/--no-store-vectors", default=True, show_default=True,
               help="Keep float16 originals for exact re-ranking.")
 @click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float16", show_default=True)
-@click.option("--steps", type=int, default=None, help="Training steps (default: from the data size).")
+@click.option("--schedule", type=click.Choice(["fast", "long"]), default="fast", show_default=True,
+              help="Training schedule: the fast default (a data-driven start, 800 steps), or CSRConfig.long() "
+                   "(random start, 2,000-5,000 steps of 1,024; minutes to hours on a CPU).")
+@click.option("--steps", type=int, default=None, help="Training steps (default: the schedule's).")
 @click.option("--max-train", type=int, default=100_000, show_default=True,
               help="Train on a random sample of at most this many rows (0: all).")
 @click.option("--batch-rows", type=int, default=65_536, show_default=True, help="Rows read and encoded at a time.")
@@ -58,8 +61,8 @@ def main() -> None:
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 @text_options
-def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, steps,
-          max_train, batch_rows, seed, device, quiet, text_column, text_model, embed_batch_size):
+def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, schedule,
+          steps, max_train, batch_rows, seed, device, quiet, text_column, text_model, embed_batch_size):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index.
 
     The file is read in batches: training uses a random sample of at most --max-train rows,
@@ -72,8 +75,9 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
     out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
         source = EmbeddingFile(embeddings, column, id_column) if source is None else source
-        config = CSRConfig(steps=steps, seed=seed, device=device, nested_k=nested_k,
-                           max_train=max_train if max_train > 0 else None)
+        settings = dict(seed=seed, device=device, nested_k=nested_k, max_train=max_train if max_train > 0 else None,
+                        **({} if steps is None else {"steps": steps}))
+        config = CSRConfig.long(**settings) if schedule == "long" else CSRConfig(**settings)
         index = CSRIndex(source.dim, k=k, h=h, k_doc=k_doc, metric=metric, store_vectors=store_vectors,
                          values_dtype=values_dtype, config=config, progress=not quiet)
         seconds = build_from_file(index, source, batch_rows=batch_rows, progress=not quiet)

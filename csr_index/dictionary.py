@@ -41,6 +41,11 @@ BALANCE_STEP = 0.01
 """Selection-bias step per round for a latent above the balancing cap (training's is 1e-3 per batch)."""
 
 
+def _noise(rng: np.random.Generator, m: int, d: int) -> np.ndarray:
+    """Small random rows (norm ~0.01) that keep rows drawn from the same vector apart."""
+    return ((0.01 / math.sqrt(d)) * rng.standard_normal((m, d))).astype(np.float32)
+
+
 def _codes(xc: np.ndarray, W: np.ndarray, k: int, select: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Supports (n, k) int32 and least-squares values (n, k) of centred rows ``xc`` on unit rows ``W``."""
     zeros = np.zeros(W.shape[0], np.float32)
@@ -55,7 +60,7 @@ def fit_dictionary(xc: np.ndarray, h: int, k: int, rounds: int, balance_cap: flo
     by ``rounds`` alternating rounds (see the module docstring); both float32."""
     n, d = xc.shape
     unit = xc / np.maximum(np.linalg.norm(xc, axis=1, keepdims=True), 1e-12)
-    W = unit[rng.choice(n, h, replace=n < h)] + (0.01 / math.sqrt(d)) * rng.standard_normal((h, d)).astype(np.float32)
+    W = unit[rng.choice(n, h, replace=n < h)] + _noise(rng, h, d)
     W = (W / np.linalg.norm(W, axis=1, keepdims=True)).astype(np.float32)
     select = np.zeros(h, np.float32)
     if h > GRAM_MAX_H:  # no gram matrix for the compiled encoder, and an h x h solve per round
@@ -73,9 +78,10 @@ def fit_dictionary(xc: np.ndarray, h: int, k: int, rounds: int, balance_cap: flo
         G[np.diag_indices(h)] += RIDGE * max(float(np.diag(G).mean()), 1e-12)
         rows = np.linalg.solve(G, B).astype(np.float32)
         unused = counts == 0
-        if unused.any():  # restart as residuals of random vectors
-            pick = rng.choice(n, int(unused.sum()), replace=n < int(unused.sum()))
-            rows[unused] = xc[pick] - Z[pick] @ W
+        if unused.any():  # restart as residuals of random vectors (a little noise keeps repeats apart)
+            m = int(unused.sum())
+            pick = rng.choice(n, m, replace=n < m)
+            rows[unused] = xc[pick] - Z[pick] @ W + _noise(rng, m, d)
         W = (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
         if cap is not None:
             select = np.where(counts > cap, select - BALANCE_STEP, np.minimum(select + BALANCE_STEP, 0)).astype(np.float32)

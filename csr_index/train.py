@@ -210,7 +210,7 @@ def train_adapter(
             adapter.train()
     bar.close()
     adapter.eval().cpu()
-    if cfg.balance_cap is not None:  # make the cap hold on the data, not only on average over batches
+    if cfg.balance_cap is not None and cfg.balance_settle:  # the cap holds on the data, not only on average
         sample = train_x if n <= SETTLE_SAMPLE else train_x[np.sort(rng.choice(n, SETTLE_SAMPLE, replace=False))]
         settle_selection_bias(adapter, torch.from_numpy(np.ascontiguousarray(sample)), k, cfg.balance_cap * k / h)
     dead_fraction = float((since_fired > cfg.dead_after).float().mean())

@@ -122,3 +122,31 @@ def test_bad_balancing_settings_are_refused(overrides):
     assert CSRConfig().balance_cap == 4.0, "balancing is on by default"
     with pytest.raises(ValueError):
         CSRConfig(**overrides)
+
+
+def test_settle_makes_the_cap_hold_on_the_data():
+    """After training the cap holds on average over batches; settling makes it hold on the vectors
+    themselves, by lowering only the latents above it."""
+    from csr_index.balance import settle_selection_bias
+
+    x = hubby(2000)
+    adapter = SparseAdapter(D, H, seed=1).eval()
+    adapter.pre_bias.data = torch.from_numpy(x.mean(0))
+    cap = 2.0 * K / H
+    assert busiest_share(adapter, x) > 1.5 * cap  # plain TopK on this data has hubs
+    before = adapter.selection_bias.clone()
+    lowered = settle_selection_bias(adapter, torch.from_numpy(x), K, cap, rounds=8)
+    assert lowered > 0
+    assert busiest_share(adapter, x) <= cap + 1 / len(x)
+    changed = adapter.selection_bias != before
+    assert (adapter.selection_bias[changed] < before[changed]).all(), "biases only go down"
+    assert changed.sum() == lowered
+    again = adapter.selection_bias.clone()
+    assert settle_selection_bias(adapter, torch.from_numpy(x), K, cap) == 0  # nothing above the cap: no change
+    assert torch.equal(adapter.selection_bias, again)
+
+
+def test_default_training_holds_the_cap_on_its_training_vectors():
+    x = hubby(1500)
+    result = train_adapter(x, D, H, CSRConfig(steps=40, seed=0, device="cpu", k=K))
+    assert busiest_share(result.adapter, x) <= 4.0 * K / H + 0.01

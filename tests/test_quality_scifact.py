@@ -51,15 +51,15 @@ def ndcg10(index, queries, qrels, **search) -> float:
     return evaluate_run(qrels, queries.keys, D, index.keys_of(I))["nDCG@10"]
 
 
-# Measured with the defaults (1 thread): code 0.5617 (the exact engine alike), asymmetric 0.6208
-# (pruned shortlist and exact scan alike), code + re-rank of 100 0.6408, default search (shortlist +
-# exact re-rank of 100) 0.6451, exact 0.6451 = dense. The floors sit ~0.01 below.
+# Measured with the defaults (1 thread): code 0.5563, asymmetric 0.6164, code + re-rank of 100
+# 0.6475, default search (shortlist + exact re-rank of 100) 0.6451, exact 0.6451 = dense. The
+# floors sit ~0.01 below (seeds and thread counts move the code-only scores by up to ~0.01).
 @pytest.mark.parametrize(
     "search, floor",
     [
-        (dict(score="code", rerank=0), 0.550),
-        (dict(score="asymmetric", rerank=0), 0.610),
-        (dict(score="code", rerank=100), 0.630),
+        (dict(score="code", rerank=0), 0.545),
+        (dict(score="asymmetric", rerank=0), 0.605),
+        (dict(score="code", rerank=100), 0.635),
         (dict(), 0.635),  # the default: sparse asymmetric shortlist + exact re-rank of 100
         (dict(score="exact"), 0.645),
     ],
