@@ -136,7 +136,7 @@ def main() -> None:
         train = f"{r['train_s']:.1f}" if "train_s" in r else ""
         add = f"{r['add_s']:.1f}" if "add_s" in r else ""
         print(f"| {r['method']} | {train} | {add} | {r['build_s']:.1f} | {r['build_s'] / hnsw:.2f} | "
-              f"{r['recall']:.3f} | {r['note']} |")
+              f"{r['recall']:.4f} | {r['note']} |")
 
     result = {"threads": args.threads, "pypi100k": rows}
     if not args.skip_1m:

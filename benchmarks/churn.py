@@ -313,7 +313,7 @@ def main() -> None:
         setting = "default" if r["ef"] is None else f"ef {r['ef']}" + ("" if r["meets_bar"] else " (below 0.95)")
         ratio = f"{r['total_s'] / csr['total_s']:.1f}" if csr else ""
         print(f"| {r['engine']} | {setting} | {r['total_s']:.1f} | {r['update_s']:.1f} | {r['query_s']:.1f} | "
-              f"{r['p50_ms']:.2f} | {r['worst_recall']:.3f} | {r['bytes_per_vector']:,.0f} | {ratio} |")
+              f"{r['p50_ms']:.2f} | {r['worst_recall']:.4f} | {r['bytes_per_vector']:,.0f} | {ratio} |")
     path = args.json or ROOT / "runs" / f"churn-{args.size}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))

@@ -33,6 +33,8 @@ LEVERS: dict[str, dict] = {
     "lr 1e-3": {"lr": 1e-3},
     "distillation of the prefixes too (prefix_distill)": {"prefix_distill": True},
     "no 4k term (multi_k_weight=0)": {"multi_k_weight": 0.0},
+    "the paper's 4k weight (multi_k_weight=1/8)": {"multi_k_weight": 1 / 8},
+    "sharper distillation (distill_temperature=0.05)": {"distill_temperature": 0.05},
     "AuxK on (beta=1/32)": {"beta": 1 / 32},
 }
 

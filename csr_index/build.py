@@ -47,7 +47,8 @@ def build_from_file(index: "CSRIndex", source: EmbeddingFile | Embeddings, batch
         log.info("training on a random sample of %d of the %d vectors (max_train)", len(rows), n)
     index.train(source.rows(rows, batch_rows))
     start = done("train", start)
-    with progress_bar(total=n, show=progress, desc="encoding and adding", unit="vec") as bar:
+    with progress_bar(total=n, show=progress, desc="encoding and adding", unit="vec") as bar, \
+            index._store.merges_deferred():  # one merge at the end (compact), not one per batch
         for batch in source.batches(batch_rows):
             if batch.ids is not None:
                 index.add_with_ids(batch.vectors, batch.ids)

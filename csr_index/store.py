@@ -5,17 +5,19 @@ store's lock and replaces the old one in a single assignment; a reader takes the
 current snapshot once and uses it to the end, so searches never see half a write
 and writers never wait for searches (as Lucene's and Qdrant's segments work).
 
-``add`` appends one segment per batch, O(batch); segments of similar size are then
-merged (a tiered policy: ``merge_factor`` segments of one size tier become one), so a
-stream of small adds costs O(log N) copies per row and the segment count stays small.
-Merges drop deleted rows. A large memory-mapped segment is only merged with others of
-its size tier, so it stays memory-mapped after ``load`` + ``add``.
+``add`` appends one segment per batch, O(batch); then the newest segment is merged into
+the one before it while that one holds at most ``MERGE_RATIO`` times its live rows, so
+segment sizes fall geometrically (at most ~log_4(N / batch) + 1 segments; every search pays
+a fixed cost per segment) and a stream of small adds costs O(log N) copies per row. Merges
+drop deleted rows. A large memory-mapped segment stays memory-mapped after ``load`` + ``add``
+until the rows added after it reach a quarter of its size.
 """
 
 from __future__ import annotations
 
-import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,9 +26,9 @@ from .segment import Segment
 
 __all__ = ["Snapshot", "RowStore"]
 
-MERGE_FACTOR = 8
-"""Segments of one size tier merged into one; tiers are powers of this factor times MIN_TIER rows."""
-MIN_TIER = 1024
+MERGE_RATIO = 4
+"""The newest segment is merged into the one before it while that one has at most this many
+times its live rows."""
 PURGE_FRACTION = 0.25
 """A segment is rewritten without its deleted rows once this fraction of it is deleted."""
 
@@ -84,8 +86,8 @@ class Snapshot:
                 if (where == i).any()]
 
 
-def _tier(n: int) -> int:
-    return int(math.log(max(n, 1) / MIN_TIER, MERGE_FACTOR)) if n > MIN_TIER else 0
+def _live(segment: Segment, mask: np.ndarray | None) -> int:
+    return segment.n - (0 if mask is None else int(np.count_nonzero(mask)))
 
 
 class RowStore:
@@ -94,8 +96,21 @@ class RowStore:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.snapshot = Snapshot()
+        self.deferred = False
         self.next_id = 0
         """One more than the largest id ever added, removed ones included: where new ids start."""
+
+    @contextmanager
+    def merges_deferred(self) -> Iterator[None]:
+        """Within this block adds append segments without merging them (a bulk load that
+        compacts at its end would otherwise copy its growing segments again and again)."""
+        with self.lock:
+            self.deferred = True
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.deferred = False
 
     def __getstate__(self) -> dict:  # copies and pickles drop the lock
         return {"snapshot": self.snapshot, "next_id": self.next_id}
@@ -155,20 +170,14 @@ class RowStore:
         return deleted
 
     def _install(self, segments: list[Segment], deleted: list[np.ndarray | None]) -> None:
-        """Purge mostly-deleted segments, merge full size tiers, then publish the snapshot."""
+        """Purge mostly-deleted segments, merge the newest into its predecessor while the sizes are
+        within MERGE_RATIO, then publish the snapshot."""
         for i, (seg, mask) in enumerate(zip(segments, deleted)):
             if mask is not None and mask.sum() >= PURGE_FRACTION * seg.n:
                 segments[i], deleted[i] = Segment.merge([seg], [mask]), None
         keep = [i for i, s in enumerate(segments) if s.n]
         segments, deleted = [segments[i] for i in keep], [deleted[i] for i in keep]
-        while True:
-            tiers = [_tier(s.n) for s in segments]
-            full = next((t for t in sorted(set(tiers)) if tiers.count(t) >= MERGE_FACTOR), None)
-            if full is None:
-                break
-            group = [i for i, t in enumerate(tiers) if t == full]
-            merged = Segment.merge([segments[i] for i in group], [deleted[i] for i in group])
-            rest = [i for i in range(len(segments)) if i not in group]
-            segments = [segments[i] for i in rest] + [merged]
-            deleted = [deleted[i] for i in rest] + [None]
+        while not self.deferred and len(segments) > 1 and _live(segments[-2], deleted[-2]) <= MERGE_RATIO * _live(segments[-1], deleted[-1]):
+            merged = Segment.merge(segments[-2:], deleted[-2:])
+            segments, deleted = segments[:-2] + [merged], deleted[:-2] + [None]
         self.snapshot = Snapshot(tuple(segments), tuple(deleted))

@@ -21,16 +21,19 @@ def assert_same(a, b, tol=1e-6):
 
 
 @pytest.mark.parametrize("score", ["code", "asymmetric", "exact"])
-def test_many_small_adds_equal_one_bulk_add(make_index, corpus, queries, monkeypatch, score):
-    monkeypatch.setattr(csr_index.store, "MIN_TIER", 16)  # small tiers: the adds below merge several times
+def test_many_small_adds_equal_one_bulk_add(make_index, corpus, queries, score):
     bulk = make_index(store_vectors=True).set_engine("inverted")
     bulk.add(corpus)
     small = make_index(store_vectors=True).set_engine("inverted")
+    counts = []
     for chunk in np.array_split(corpus, 60):
         small.add(chunk)
         small.search(queries[:2], 3)  # searches between adds
-    segments = small._store.snapshot.segments
-    assert 1 < len(segments) < 20 and max(s.n for s in segments) > 100, "tiered merges happened"
+        counts.append(len(small._store.snapshot.segments))
+        sizes = [s.n for s in small._store.snapshot.segments]
+        assert all(a > csr_index.store.MERGE_RATIO * b for a, b in zip(sizes, sizes[1:])), sizes
+    assert max(counts) > 1 and max(counts) <= 4, "merges keep sizes geometric: few segments"
+    assert counts[-1] > 1, "the comparisons below search several segments"
     np.testing.assert_array_equal(np.sort(small.ids), bulk.ids)
     for rerank in (0, 40):
         if score == "exact" and rerank:
@@ -186,3 +189,14 @@ def test_build_from_file_equals_building_in_memory(tmp_path, corpus, queries, ti
     assert len(streamed._store.snapshot.segments) == 1
     assert_same(streamed.search(queries, 10), direct.search(queries, 10), tol=1e-5)
     assert streamed.keys_of([7]).tolist() == ["d7"]
+
+
+def test_a_bulk_load_defers_merges_to_its_end(make_index, corpus):
+    """Inside merges_deferred every add stays its own segment; the next add after it merges again."""
+    index = make_index(store_vectors=True)
+    with index._store.merges_deferred():
+        for chunk in np.array_split(corpus[:300], 6):
+            index.add(chunk)
+        assert len(index._store.snapshot.segments) == 6
+    index.add(corpus[300:350])
+    assert len(index._store.snapshot.segments) < 6 and index.ntotal == 350
