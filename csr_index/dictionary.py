@@ -96,10 +96,12 @@ def dictionary_adapter(x: np.ndarray, mean: np.ndarray, h: int, k: int, rounds: 
     pre-activations best match the dictionary's least-squares values; ``pre_bias`` = ``mean``."""
     xc = np.ascontiguousarray(x - mean, dtype=np.float32)
     W, select = fit_dictionary(xc, h, k, rounds, balance_cap, rng)
-    probe = xc[rng.choice(len(xc), min(len(xc), 4096), replace=False)]
-    idx, vals = _codes(probe, W, k, select if select.any() else None)
-    pre = np.take_along_axis(probe @ W.T, idx.astype(np.int64), axis=1).ravel()
-    slope, offset = np.polyfit(pre, vals.ravel(), 1)
+    slope, offset = 1.0, 0.0  # h > GRAM_MAX_H: the sampled rows as they are (no least-squares values to match)
+    if h <= GRAM_MAX_H:
+        probe = xc[rng.choice(len(xc), min(len(xc), 4096), replace=False)]
+        idx, vals = _codes(probe, W, k, select if select.any() else None)
+        pre = np.take_along_axis(probe @ W.T, idx.astype(np.int64), axis=1).ravel()
+        slope, offset = np.polyfit(pre, vals.ravel(), 1)
     # rows scaled by c and latent bias b give ReLU values c * pre + b, decoded by c * W: value * c = slope * pre + offset
     c = math.sqrt(max(float(slope), 1e-3))
     adapter = SparseAdapter(x.shape[1], h)

@@ -24,7 +24,9 @@ __all__ = ["TrainResult", "train_adapter", "initial_adapter", "resolve_device", 
 log = logging.getLogger(__name__)
 
 SETTLE_SAMPLE = 8192
-"""Training vectors on which the load-balancing cap is made to hold once training ends."""
+"""Training vectors on which the load-balancing cap is made to hold once training ends (fewer
+when h is so large that their (m, h) pre-activations would pass SETTLE_MAX_ENTRIES)."""
+SETTLE_MAX_ENTRIES = 1 << 26
 
 
 @dataclass
@@ -211,7 +213,8 @@ def train_adapter(
     bar.close()
     adapter.eval().cpu()
     if cfg.balance_cap is not None and cfg.balance_settle:  # the cap holds on the data, not only on average
-        sample = train_x if n <= SETTLE_SAMPLE else train_x[np.sort(rng.choice(n, SETTLE_SAMPLE, replace=False))]
+        m = max(1, min(SETTLE_SAMPLE, SETTLE_MAX_ENTRIES // h))
+        sample = train_x if n <= m else train_x[np.sort(rng.choice(n, m, replace=False))]
         settle_selection_bias(adapter, torch.from_numpy(np.ascontiguousarray(sample)), k, cfg.balance_cap * k / h)
     dead_fraction = float((since_fired > cfg.dead_after).float().mean())
     seconds = time.perf_counter() - t0
