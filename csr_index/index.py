@@ -20,7 +20,7 @@ from .searcher import first_occurrences, rescore_codes, rescore_exact, search_co
 from .segment import Segment
 from .storage import read_index, read_manifest, write_index
 from .store import RowStore
-from .validation import INT64_MAX, as_ids, as_int64, as_matrix, check_positive
+from .validation import as_ids, as_int64, as_matrix, check_positive
 
 __all__ = ["CSRIndex"]
 
@@ -111,11 +111,11 @@ class CSRIndex:
     # ------------------------------------------------------------ add / remove
     def add(self, x: Any, keys: Sequence[str] | None = None) -> None:
         """Encode and store vectors ``x`` (n, d) under the ids after the largest ever added (removed
-        ones included, so a removed id is never given out again; ``ntotal ..`` when nothing was removed)."""
+        ones included, so a removed id is never given out again; ``ntotal ..`` when nothing was removed
+        or failed). Safe from several threads: each call reserves its ids under the store's lock."""
+        self.encoder.require_trained()
         n = as_matrix(x, self.d).shape[0]
-        start = self._store.next_id
-        if start + n - 1 > INT64_MAX:
-            raise ValueError(f"no ids left after the largest ever added ({start - 1}): give ids with add_with_ids")
+        start = self._store.reserve(n)
         self.add_with_ids(x, np.arange(start, start + n, dtype=np.int64), keys=keys)
 
     def add_with_ids(self, x: Any, ids: Any, keys: Sequence[str] | None = None, *, upsert: bool = False) -> None:

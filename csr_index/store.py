@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .segment import Segment
+from .validation import INT64_MAX
 
 __all__ = ["Snapshot", "RowStore"]
 
@@ -125,6 +126,16 @@ class RowStore:
         with self.lock:
             self.snapshot = Snapshot(tuple(segments), tuple(deleted))
             self.next_id = max([next_id] + [int(s.ids.max()) + 1 for s in segments if s.n])
+
+    def reserve(self, n: int) -> int:
+        """Hand out ``n`` new ids, after the largest ever added or reserved; returns the first.
+        Concurrent callers get disjoint ranges (ids of a batch that then fails stay unused)."""
+        with self.lock:
+            start = self.next_id
+            if start + n - 1 > INT64_MAX:
+                raise ValueError(f"no ids left after the largest ever added ({start - 1}): give ids with add_with_ids")
+            self.next_id = start + n
+            return start
 
     def add(self, segment: Segment, replace_existing: bool = False) -> int:
         """Append ``segment``; its ids must be new unless ``replace_existing``, which deletes the

@@ -200,3 +200,25 @@ def test_a_bulk_load_defers_merges_to_its_end(make_index, corpus):
         assert len(index._store.snapshot.segments) == 6
     index.add(corpus[300:350])
     assert len(index._store.snapshot.segments) < 6 and index.ntotal == 350
+
+
+def test_adds_from_two_threads_get_disjoint_ids(make_index, corpus):
+    """add() from several threads (a FAISS user's thread pool): every row is kept, under its own id."""
+    index = make_index(store_vectors=True)
+    x = np.tile(corpus, (9, 1))[:5000]
+    errors: list[BaseException] = []
+
+    def writer(part: np.ndarray) -> None:
+        try:
+            for batch in np.array_split(part, 10):
+                index.add(batch)
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(part,)) for part in (x[:2500], x[2500:])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert index.ntotal == 5000 and len(np.unique(index.ids)) == 5000
