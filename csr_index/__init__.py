@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from .codes import SparseCodes  # noqa: E402
 from .config import CSRConfig  # noqa: E402

@@ -35,6 +35,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,6 +274,7 @@ def _open_table(p: Path) -> pa.Table:
 
 
 def _encoder(root: Path, manifest: dict[str, Any], verify: bool, progress: bool) -> "CSREncoder":
+    from .config import CSRConfig
     from .encoder import CSREncoder
 
     adapter_path = _checked_file(root, manifest["adapter"], verify)
@@ -280,6 +282,12 @@ def _encoder(root: Path, manifest: dict[str, Any], verify: bool, progress: bool)
         state = st_load(adapter_path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types
         raise CorruptIndexError(f"{adapter_path} is not a readable safetensors file: {exc}") from exc
+    config = manifest["encoder"].get("config") if isinstance(manifest["encoder"], dict) else None
+    unknown = sorted(set(config) - {f.name for f in fields(CSRConfig)}) if isinstance(config, dict) else []
+    if unknown:  # a newer release added training settings: say so, rather than "corrupt"
+        raise FormatVersionError(
+            f"{root} was written by a newer csr-index (it records version {manifest.get('library_version', '?')}); "
+            f"this csr-index {__version__} does not know its config fields {unknown}. Upgrade csr-index to read it.")
     try:
         return CSREncoder.from_state(manifest["encoder"], state, progress=progress)
     except (KeyError, TypeError, ValueError) as exc:

@@ -299,7 +299,7 @@ def test_bad_qrels(built, data, tmp_path):
 
 
 def test_version():
-    assert "0.1.0" in run("--version").stdout
+    assert "0.3.0" in run("--version").stdout
 
 
 # ------------------------------------------------------------- input formats

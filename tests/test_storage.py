@@ -216,6 +216,21 @@ def test_other_format_version(saved_copy, version):
         CSRIndex.describe(path)
 
 
+def test_config_fields_of_a_newer_release_name_the_newer_version(saved_copy):
+    """An index whose config has a field this release does not know was written by a newer one:
+    a FormatVersionError that says so, not a report of corruption."""
+    from csr_index import CSREncoder
+
+    _, path = saved_copy
+    manifest = manifest_of(path)
+    manifest["encoder"]["config"]["a_future_setting"] = 1
+    manifest["library_version"] = "9.0.0"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    for load in (CSRIndex.load, CSREncoder.load):
+        with pytest.raises(FormatVersionError, match=r"newer csr-index \(it records version 9\.0\.0\).*a_future_setting"):
+            load(path)
+
+
 def _set(key, value, section=None):
     def edit(m):
         (m[section] if section else m)[key] = value
