@@ -25,6 +25,7 @@ from csr_index.cli.text import read_inputs, text_options
 from csr_index.evaluation import evaluate_run, read_qrels
 from csr_index.io import EmbeddingFile
 from csr_index.rerank import exact_topn
+from csr_index.storage import check_writable
 
 SCORE_CHOICE = click.Choice(["asymmetric", "code", "exact"])
 NO_DOCUMENTS = "nothing to search; build one with documents, or search its Qdrant collection with search-qdrant"
@@ -53,10 +54,11 @@ def main() -> None:
 @click.option("--schedule", type=click.Choice(["fast", "long"]), default="fast", show_default=True,
               help="Training schedule: the fast default (a data-driven start, 800 steps), or CSRConfig.long() "
                    "(random start, 2,000-5,000 steps of 1,024; minutes to hours on a CPU).")
-@click.option("--steps", type=int, default=None, help="Training steps (default: the schedule's).")
-@click.option("--max-train", type=int, default=100_000, show_default=True,
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the schedule's).")
+@click.option("--max-train", type=click.IntRange(min=0), default=100_000, show_default=True,
               help="Train on a random sample of at most this many rows (0: all).")
-@click.option("--batch-rows", type=int, default=65_536, show_default=True, help="Rows read and encoded at a time.")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=65_536, show_default=True,
+              help="Rows read and encoded at a time.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
@@ -70,9 +72,13 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
     sample and one batch, never the whole file. With --text-column and --model, the Parquet
     file's text is embedded first (all of it, in memory)."""
     setup_logging(quiet)
+    out = Path(output) if output else Path(embeddings).with_suffix(".csr")
+    try:  # a save that would fail is reported now, not after training and encoding
+        check_writable(out)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
     text = text_column is not None or text_model is not None
     source = read_inputs(embeddings, column, id_column, text_column, text_model, embed_batch_size, quiet) if text else None
-    out = Path(output) if output else Path(embeddings).with_suffix(".csr")
     try:
         source = EmbeddingFile(embeddings, column, id_column) if source is None else source
         settings = dict(seed=seed, device=device, nested_k=nested_k, max_train=max_train if max_train > 0 else None,

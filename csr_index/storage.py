@@ -134,6 +134,20 @@ def _check_target(root: Path) -> dict[str, Any] | None:
     raise FileExistsError(f"{root} is a non-empty directory that is not a csr-index index; refusing to write")
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise, before any work, what a save to ``path`` would raise at its end: a target that is
+    a file or a foreign directory, an index of another format version, a parent that is a file
+    or a directory this process cannot write (PermissionError, NotADirectoryError, FileExistsError)."""
+    root = Path(path)
+    _check_target(root)
+    probe = root if root.exists() else next(p for p in root.absolute().parents if p.exists())
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot create {root}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {root}: {probe} is not writable")
+    return root
+
+
 def _reusable(root: Path, entry: dict[str, Any] | None, old_names: set[str]) -> bool:
     """An entry's file is already in ``root``, named by the previous manifest, at its size."""
     if entry is None or entry["name"] not in old_names:

@@ -262,11 +262,28 @@ def test_directory_without_an_index(tmp_path, data):
         (["--k", "8", "--k-doc", "9"], "k_doc=9 exceeds the maximum of 8"),
         (["--nested-k", "4,x"], "--nested-k must be comma-separated integers"),
         (["--nested-k", "0"], "nested_k must hold positive budgets"),
+        (["--max-train", "-5"], "--max-train"),
+        (["--batch-rows", "0"], "--batch-rows"),
+        (["--steps", "0"], "--steps"),
     ],
 )
 def test_build_with_bad_arguments(data, tmp_path, args, fragment):
     result = run("build", data["corpus_file"], "-o", tmp_path / "ix", "--steps", 1, "--quiet", *args, ok=False)
     assert_clean_error(result, fragment)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file", "a foreign directory"])
+def test_build_into_a_place_it_cannot_save_fails_before_training(data, tmp_path, monkeypatch, where):
+    """The output is checked before any work: training would raise, so reaching it fails the test."""
+    import csr_index.cli.main as cli_main
+
+    monkeypatch.setattr(cli_main, "build_from_file", lambda *a, **k: pytest.fail("trained before checking -o"))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "notes.txt").write_text("x")
+    out = {"under a file": tmp_path / "file" / "ix", "a file": tmp_path / "file", "a foreign directory": tmp_path / "dir"}
+    result = run("build", data["corpus_file"], "-o", out[where], "--quiet", ok=False)
+    assert_clean_error(result, str(tmp_path))
 
 
 @pytest.mark.parametrize(
