@@ -318,11 +318,14 @@ class CSREncoder:
         enc.adapter = adapter.eval().to(enc.device)
         return enc
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the encoder as an index directory without documents (atomic, see :mod:`csr_index.storage`)."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the encoder as an index directory without documents (atomic, see
+        :mod:`csr_index.storage`). A ``path`` that holds an index with documents (e.g. the one this
+        encoder was loaded from) is refused with FileExistsError unless ``overwrite``."""
         from .storage import write_index
 
-        write_index(path, self, {"k_doc": self.k, "store_vectors": False, "values_dtype": "float32"}, (), ())
+        write_index(path, self, {"k_doc": self.k, "store_vectors": False, "values_dtype": "float32"}, (), (),
+                    replace_documents=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSREncoder":

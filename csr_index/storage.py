@@ -173,12 +173,18 @@ def write_index(
     segments: Sequence["Segment"],
     deleted: Sequence[np.ndarray | None],
     next_id: int = 0,
+    replace_documents: bool = True,
 ) -> Path:
     """Write an encoder, its index ``settings`` and ``segments`` (with ``deleted`` row masks,
     one per segment, and ``next_id``, where new ids start) to the directory ``path``,
-    atomically (see the module docstring)."""
+    atomically (see the module docstring). Without ``replace_documents``, a ``path`` that holds
+    documents is refused (FileExistsError) instead of replaced."""
     root = Path(path)
     old = _check_target(root)
+    held = old.get("ntotal", 0) if old is not None and old.get("segments") else 0
+    if held and not replace_documents:
+        raise FileExistsError(f"{root} holds an index of {held} documents, which this save would replace; "
+                              "save to another directory, or pass overwrite=True to replace them")
     root.mkdir(parents=True, exist_ok=True)
     with _writer_lock(root):
         old_names = _listed(old)

@@ -566,3 +566,18 @@ def test_saving_over_an_index_of_another_format_version_is_refused(saved_copy):
     with pytest.raises(FormatVersionError, match="refusing to replace it"):
         index.save(path)
     assert sorted(p.name for p in path.iterdir()) == before and manifest_of(path) == manifest
+
+
+def test_encoder_save_over_an_index_keeps_its_documents(saved_copy):
+    """CSREncoder.load(p).save(p) (the README loads encoders from index directories) must not
+    replace the index by the adapter alone; overwrite=True does, on purpose."""
+    from csr_index import CSREncoder
+
+    index, path = saved_copy
+    n = CSRIndex.load(path).ntotal
+    assert n > 0
+    with pytest.raises(FileExistsError, match=f"{n} documents"):
+        CSREncoder.load(path).save(path)
+    assert CSRIndex.load(path).ntotal == n
+    CSREncoder.load(path).save(path, overwrite=True)
+    assert CSRIndex.load(path).ntotal == 0
