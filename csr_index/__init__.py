@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     IndexFormatError,
     MissingIndexFileError,
     NotTrainedError,
+    StaleIndexError,
 )
 from .index import CSRIndex  # noqa: E402
 from .model import SparseAdapter  # noqa: E402
@@ -32,5 +33,6 @@ __all__ = [
     "CorruptIndexError",
     "FormatVersionError",
     "MissingIndexFileError",
+    "StaleIndexError",
     "__version__",
 ]

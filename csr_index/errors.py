@@ -12,6 +12,7 @@ __all__ = [
     "CorruptIndexError",
     "FormatVersionError",
     "MissingIndexFileError",
+    "StaleIndexError",
 ]
 
 
@@ -33,3 +34,8 @@ class FormatVersionError(IndexFormatError):
 
 class MissingIndexFileError(IndexFormatError, FileNotFoundError):
     """The index directory, its manifest, or a file the manifest names does not exist."""
+
+
+class StaleIndexError(RuntimeError):
+    """A save would replace an index directory that another handle or process saved after this
+    handle loaded or last saved it (its rows would be lost)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from .engines import engine_options
 from .scoring import SCORES, default_rerank
 from .searcher import first_occurrences, rescore_codes, rescore_exact, search_codes, search_exact
 from .segment import Segment
-from .storage import read_index, read_manifest, write_index
+from .storage import manifest_generation, read_index, read_manifest, write_index
 from .store import RowStore
 from .validation import as_ids, as_int64, as_matrix, check_positive
 
@@ -53,6 +54,7 @@ class CSRIndex:
         self.store_vectors = bool(store_vectors)
         self.values_dtype = np.dtype(values_dtype)
         self._store = RowStore()
+        self._saves: dict[str, int] = {}  # index directory -> its save count when this handle last loaded/saved it
         self.set_engine(engine)
 
     @classmethod
@@ -270,12 +272,16 @@ class CSRIndex:
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to the directory ``path`` atomically; only new segments' files are written
-        when ``path`` already holds an earlier save (see :mod:`csr_index.storage`)."""
+        when ``path`` already holds an earlier save (see :mod:`csr_index.storage`). Raises
+        :class:`StaleIndexError` if ``path`` was saved by another handle or process after this one
+        loaded or last saved it (a last-save-wins would drop that save's rows)."""
         self.encoder.require_trained()
         settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
         with self._store.lock:
             snap = self._store.snapshot
-            write_index(path, self.encoder, settings, snap.segments, snap.deleted, self._store.next_id)
+            key = str(Path(path).resolve())
+            self._saves[key] = write_index(path, self.encoder, settings, snap.segments, snap.deleted,
+                                           self._store.next_id, generation=self._saves.get(key))
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSRIndex":
@@ -292,6 +298,7 @@ class CSRIndex:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # settings or data the checks let by
             raise CorruptIndexError(f"the index at {path} is incomplete or invalid: {exc}") from exc
         index._store.replace(segments, deleted, manifest["next_id"])
+        index._saves[str(Path(path).resolve())] = manifest_generation(manifest)
         if index.ntotal != manifest.get("ntotal"):
             raise CorruptIndexError(f"{path}: segments hold {index.ntotal} live rows, the manifest says "
                                     f"{manifest.get('ntotal')}")

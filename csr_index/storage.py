@@ -3,7 +3,8 @@
 Layout of ``index.csr/``::
 
     manifest.json                     format name/version, encoder and index settings, segments,
-                                      every file's size + sha256, next_id (where new ids start)
+                                      every file's size + sha256, next_id (where new ids start),
+                                      generation (how many saves wrote this directory)
     adapter.<hash>.safetensors        W, pre_bias, latent_bias, latent_weight (named by content)
     seg-<id>.codes.arrow              one per segment: id int64, indices fixed_size_list<uint16|uint32>[k],
                                       values fixed_size_list<float32|float16>[k], norm float32
@@ -18,7 +19,8 @@ new files are written and fsynced, the directory is fsynced (their entries are d
 before the manifest names them), then ``manifest.json`` is replaced with ``os.replace``
 and the directory fsynced again; files no longer named are deleted only after that. A
 crash at any moment leaves the old or the new manifest, and every file it names. An
-exclusive lock on ``.lock`` stops two processes from saving the same index at once.
+exclusive lock on ``.lock`` stops two processes from saving the same index at once, and a
+save that names the generation it expects refuses a directory another writer saved since.
 Loading never runs code from the files (JSON, safetensors and Arrow only), checks sizes
 (and, with ``verify``, sha256 checksums) before trusting them, and memory-maps the
 Arrow files.
@@ -45,7 +47,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from . import __version__
-from .errors import CorruptIndexError, FormatVersionError, MissingIndexFileError
+from .errors import CorruptIndexError, FormatVersionError, MissingIndexFileError, StaleIndexError
 
 if TYPE_CHECKING:
     from .encoder import CSREncoder
@@ -174,11 +176,15 @@ def write_index(
     deleted: Sequence[np.ndarray | None],
     next_id: int = 0,
     replace_documents: bool = True,
-) -> Path:
+    generation: int | None = None,
+) -> int:
     """Write an encoder, its index ``settings`` and ``segments`` (with ``deleted`` row masks,
     one per segment, and ``next_id``, where new ids start) to the directory ``path``,
     atomically (see the module docstring). Without ``replace_documents``, a ``path`` that holds
-    documents is refused (FileExistsError) instead of replaced."""
+    documents is refused (FileExistsError) instead of replaced. ``generation``: the save count of
+    ``path`` when the caller loaded or last saved it; if the directory has been saved since (by
+    another handle or process), StaleIndexError instead of losing that save's rows. Returns the
+    new save count (the manifest's ``generation``)."""
     root = Path(path)
     old = _check_target(root)
     held = old.get("ntotal", 0) if old is not None and old.get("segments") else 0
@@ -187,6 +193,13 @@ def write_index(
                               "save to another directory, or pass overwrite=True to replace them")
     root.mkdir(parents=True, exist_ok=True)
     with _writer_lock(root):
+        old = _check_target(root)  # again, under the lock: what is there now
+        current = manifest_generation(old)
+        if generation is not None and old is not None and current != generation:
+            raise StaleIndexError(
+                f"{root} was saved by another handle or process (save {current}) after this one loaded or last "
+                f"saved it (save {generation}); saving would drop those rows. Load it again and re-apply your "
+                "changes, or save this index to another directory")
         old_names = _listed(old)
         blob = st_save({k: np.ascontiguousarray(v) for k, v in encoder.state().items()})
         digest = hashlib.sha256(blob).hexdigest()
@@ -221,6 +234,7 @@ def write_index(
             "index": dict(settings),
             "ntotal": int(sum(seg.n for seg in segments) - sum(len(rows) for _, rows in dead)),
             "next_id": int(next_id),
+            "generation": current + 1,
             "adapter": {"name": adapter.name, "bytes": len(blob), "sha256": digest},
             "segments": seg_entries,
             "tombstones": tombstones,
@@ -233,8 +247,14 @@ def write_index(
         for p in root.iterdir():
             if _OWN_FILE.match(p.name) and p.name not in keep:
                 p.unlink()
-    log.info("saved index to %s (%d segments)", root, len(segments))
-    return root
+    log.info("saved index to %s (%d segments, save %d)", root, len(segments), current + 1)
+    return current + 1
+
+
+def manifest_generation(manifest: dict[str, Any] | None) -> int:
+    """How many saves wrote a manifest (0: none, or one from before save counts were kept)."""
+    value = manifest.get("generation", 0) if manifest is not None else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

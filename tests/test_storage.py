@@ -581,3 +581,27 @@ def test_encoder_save_over_an_index_keeps_its_documents(saved_copy):
     assert CSRIndex.load(path).ntotal == n
     CSREncoder.load(path).save(path, overwrite=True)
     assert CSRIndex.load(path).ntotal == 0
+
+
+def test_a_stale_second_save_is_refused_and_the_first_saves_rows_stay(saved_copy, corpus):
+    """Two handles load one index and both add; the first save wins, the second is refused with
+    StaleIndexError (it would have dropped the first's rows); a reload then sees the first's."""
+    from csr_index import StaleIndexError
+
+    _, path = saved_copy
+    a, b = CSRIndex.load(path), CSRIndex.load(path)
+    n = a.ntotal
+    a.add(corpus[:50])
+    a.save(path)
+    a.add(corpus[50:60])
+    a.save(path)  # the same handle saves again: fine
+    b.add(corpus[60:100])
+    with pytest.raises(StaleIndexError, match="another handle or process"):
+        b.save(path)
+    assert CSRIndex.load(path).ntotal == n + 60
+    fresh = CSRIndex.load(path)  # the way out: load again, re-apply, save
+    fresh.add(corpus[60:100])
+    fresh.save(path)
+    assert CSRIndex.load(path).ntotal == n + 100
+    b.save(path.parent / "elsewhere")  # or save the stale handle to another directory
+    assert CSRIndex.load(path.parent / "elsewhere").ntotal == n + 40
