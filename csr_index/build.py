@@ -11,6 +11,7 @@ import numpy as np
 
 from .io import EmbeddingFile, Embeddings
 from .progress import progress_bar
+from .validation import sample_rows
 
 if TYPE_CHECKING:
     from .index import CSRIndex
@@ -42,7 +43,8 @@ def build_from_file(index: "CSRIndex", source: EmbeddingFile | Embeddings, batch
     start = time.perf_counter()
     n, cap = source.num_rows, index.config.max_train
     rng = np.random.default_rng(index.config.seed)
-    rows = np.arange(n) if cap is None or n <= cap else np.sort(rng.choice(n, cap, replace=False))
+    rows = sample_rows(n, cap, rng)
+    rows = np.arange(n) if rows is None else rows
     if len(rows) < n:
         log.info("training on a random sample of %d of the %d vectors (max_train)", len(rows), n)
     index.train(source.rows(rows, batch_rows))

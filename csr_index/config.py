@@ -139,10 +139,11 @@ class CSRConfig:
         for name, allowed in (("decay", ("cosine", "linear")), ("init", ("dictionary", "random"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CSRConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("init_sample", "init_rounds"):
+        for name, least in (("init_sample", 1), ("init_rounds", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "init_sample" else 0):
-                raise ValueError(f"CSRConfig.{name} must be a {'positive' if name == 'init_sample' else 'non-negative'} integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                kind = "positive" if least else "non-negative"
+                raise ValueError(f"CSRConfig.{name} must be a {kind} integer, got {value!r}")
         if self.contrastive not in ("distill", "infonce"):
             raise ValueError(f"CSRConfig.contrastive must be 'distill' or 'infonce', got {self.contrastive!r}")
         if self.balance_cap is not None and not self.balance_cap > 0:
@@ -160,7 +161,7 @@ class CSRConfig:
         steps of batch 1,024 at lr 1e-3 with linear decay, AuxK, the 4k term at 1/8 and distillation
         of every prefix. About 0.1-0.3 s per step on 2 CPU cores (20-40x the default's training time). On
         SciFact and pypi-100k the default search is as good with either; the long schedule's
-        code-only score is ~0.02 NDCG@10 higher on SciFact (see the README's quality table).
+        code-only score is ~0.02 NDCG@10 higher on SciFact (see the README's training section).
         ``overrides`` set any other field."""
         base = dict(init="random", steps=None, batch_size=1024, lr=1e-3, warmup_steps=100, decay="linear",
                     beta=1 / 32, prefix_distill=True, multi_k_weight=1 / 8)

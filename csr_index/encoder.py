@@ -23,7 +23,7 @@ from .model import SparseAdapter
 from .progress import progress_bar
 from .sparsify import GRAM_MAX_H, encode_rows, support_rows
 from .train import resolve_device, train_adapter
-from .validation import as_matrix, check_positive
+from .validation import as_matrix, check_positive, sample_rows
 
 __all__ = ["CSREncoder", "METRICS"]
 
@@ -120,8 +120,8 @@ class CSREncoder:
         """
         n = len(x) if hasattr(x, "__len__") else None
         cap = self.config.max_train
-        if cap is not None and n is not None and n > cap:
-            rows = np.sort(np.random.default_rng(self.config.seed).choice(n, cap, replace=False))
+        rows = None if n is None else sample_rows(n, cap, np.random.default_rng(self.config.seed))
+        if rows is not None:
             log.info("training on a random sample of %d of the %d vectors (CSRConfig.max_train)", cap, n)
             x = np.asarray(x)[rows]
         xs = self.prepare(x)
@@ -137,8 +137,8 @@ class CSREncoder:
         result = train_adapter(xs, self.d, self.h, self.config, pairs=pair_arrays, progress=self.progress)
         self.adapter, self._derived = result.adapter.to(self.device), {}
         # IDF weights and the reported fvu from the codes of (a sample of) the training vectors
-        xe = xs if len(xs) <= STATS_SAMPLE else xs[np.sort(np.random.default_rng(self.config.seed).choice(
-            len(xs), STATS_SAMPLE, replace=False))]
+        rows = sample_rows(len(xs), STATS_SAMPLE, np.random.default_rng(self.config.seed))
+        xe = xs if rows is None else xs[rows]
         codes = self.encode_prepared(xe, self.k if idf_k is None else idf_k)[0]
         if self.config.idf_weights:
             self.adapter.set_latent_weights(

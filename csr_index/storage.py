@@ -186,14 +186,14 @@ def write_index(
     another handle or process), StaleIndexError instead of losing that save's rows. Returns the
     new save count (the manifest's ``generation``)."""
     root = Path(path)
-    old = _check_target(root)
-    held = old.get("ntotal", 0) if old is not None and old.get("segments") else 0
-    if held and not replace_documents:
-        raise FileExistsError(f"{root} holds an index of {held} documents, which this save would replace; "
-                              "save to another directory, or pass overwrite=True to replace them")
+    _check_target(root)  # before creating anything
     root.mkdir(parents=True, exist_ok=True)
     with _writer_lock(root):
         old = _check_target(root)  # again, under the lock: what is there now
+        held = old.get("ntotal", 0) if old is not None and old.get("segments") else 0
+        if held and not replace_documents:
+            raise FileExistsError(f"{root} holds an index of {held} documents, which this save would replace; "
+                                  "save to another directory, or pass overwrite=True to replace them")
         current = manifest_generation(old)
         if generation is not None and old is not None and current != generation:
             raise StaleIndexError(

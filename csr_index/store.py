@@ -34,6 +34,11 @@ PURGE_FRACTION = 0.25
 """A segment is rewritten without its deleted rows once this fraction of it is deleted."""
 
 
+def _live(segment: Segment, mask: np.ndarray | None) -> int:
+    """Rows of ``segment`` not marked in its deleted ``mask``."""
+    return segment.n - (0 if mask is None else int(np.count_nonzero(mask)))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The segments of an index at one moment, with a uint8 deleted mask (or None) per segment."""
@@ -44,7 +49,7 @@ class Snapshot:
     """Live (not deleted) rows of each segment, counted once when the snapshot is made."""
 
     def __post_init__(self) -> None:
-        live = tuple(s.n - (int(m.sum()) if m is not None else 0) for s, m in zip(self.segments, self.deleted))
+        live = tuple(_live(s, m) for s, m in zip(self.segments, self.deleted))
         object.__setattr__(self, "live_rows", live)
 
     @property
@@ -85,10 +90,6 @@ class Snapshot:
             raise KeyError(f"unknown ids: {flat[bad][:5].tolist()}")
         return [(seg, np.flatnonzero(where == i), rows[where == i]) for i, seg in enumerate(self.segments)
                 if (where == i).any()]
-
-
-def _live(segment: Segment, mask: np.ndarray | None) -> int:
-    return segment.n - (0 if mask is None else int(np.count_nonzero(mask)))
 
 
 class RowStore:
@@ -188,7 +189,8 @@ class RowStore:
                 segments[i], deleted[i] = Segment.merge([seg], [mask]), None
         keep = [i for i, s in enumerate(segments) if s.n]
         segments, deleted = [segments[i] for i in keep], [deleted[i] for i in keep]
-        while not self.deferred and len(segments) > 1 and _live(segments[-2], deleted[-2]) <= MERGE_RATIO * _live(segments[-1], deleted[-1]):
+        while (not self.deferred and len(segments) > 1
+               and _live(segments[-2], deleted[-2]) <= MERGE_RATIO * _live(segments[-1], deleted[-1])):
             merged = Segment.merge(segments[-2:], deleted[-2:])
             segments, deleted = segments[:-2] + [merged], deleted[:-2] + [None]
         self.snapshot = Snapshot(tuple(segments), tuple(deleted))

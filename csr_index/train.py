@@ -18,6 +18,7 @@ from .dictionary import dictionary_adapter
 from .losses import auxk_loss, contrastive_loss, distillation_loss, distillation_targets, fvu
 from .model import SparseAdapter
 from .progress import progress_bar
+from .validation import sample_rows
 
 __all__ = ["TrainResult", "train_adapter", "initial_adapter", "resolve_device", "update_selection_bias", "firing_rates"]
 
@@ -77,7 +78,8 @@ def initial_adapter(x: np.ndarray, d: int, h: int, cfg: CSRConfig, rng: np.rando
         raise ValueError(f"pre_bias_init must be 'mean' or 'zero', got {cfg.pre_bias_init!r}")
     mean = x.mean(0) if cfg.pre_bias_init == "mean" else np.zeros(d, np.float32)
     if cfg.init == "dictionary":
-        sample = x if len(x) <= cfg.init_sample else x[np.sort(rng.choice(len(x), cfg.init_sample, replace=False))]
+        rows = sample_rows(len(x), cfg.init_sample, rng)
+        sample = x if rows is None else x[rows]
         return dictionary_adapter(sample, mean, h, cfg.k, cfg.init_rounds, cfg.balance_cap, rng)
     adapter = SparseAdapter(d, h, seed=cfg.seed)
     adapter.pre_bias.data = torch.from_numpy(np.asarray(mean, np.float32))
@@ -213,8 +215,8 @@ def train_adapter(
     bar.close()
     adapter.eval().cpu()
     if cfg.balance_cap is not None and cfg.balance_settle:  # the cap holds on the data, not only on average
-        m = max(1, min(SETTLE_SAMPLE, SETTLE_MAX_ENTRIES // h))
-        sample = train_x if n <= m else train_x[np.sort(rng.choice(n, m, replace=False))]
+        rows = sample_rows(n, max(1, min(SETTLE_SAMPLE, SETTLE_MAX_ENTRIES // h)), rng)
+        sample = train_x if rows is None else train_x[rows]
         settle_selection_bias(adapter, torch.from_numpy(np.ascontiguousarray(sample)), k, cfg.balance_cap * k / h)
     dead_fraction = float((since_fired > cfg.dead_after).float().mean())
     seconds = time.perf_counter() - t0

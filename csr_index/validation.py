@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_matrix", "as_ids", "as_int64", "check_positive", "INT64_MAX"]
+__all__ = ["as_matrix", "as_ids", "as_int64", "check_positive", "sample_rows", "INT64_MAX"]
 
 
 def as_matrix(x: Any, d: int | None = None, name: str = "x") -> np.ndarray:
@@ -98,3 +98,9 @@ def check_positive(value: Any, name: str, maximum: int | None = None, allow_none
     if maximum is not None and value > maximum:
         raise ValueError(f"{name}={value} exceeds the maximum of {maximum}")
     return int(value)
+
+
+def sample_rows(n: int, m: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted row numbers of a random sample of ``m`` of ``n`` rows (without replacement), or None
+    when every row is kept (``m`` None or ``n <= m``)."""
+    return None if m is None or n <= m else np.sort(rng.choice(n, m, replace=False))
