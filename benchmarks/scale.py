@@ -114,7 +114,7 @@ def build_1m(path: Path, out: Path) -> dict:
     seconds = build_from_file(index, source, on_phase=lambda name: report.__setitem__(f"peak_rss_mb_after_{name}",
                                                                                       round(peak_rss_mb())))
     save_start = time.perf_counter()
-    index.save(out)
+    index.save(out, overwrite=True)  # a rerun replaces the previous run's 1M index
     seconds["save"] = time.perf_counter() - save_start
     report["peak_rss_mb_after_save"] = round(peak_rss_mb())
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}

@@ -11,7 +11,7 @@ import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
 from csr_index.build import build_from_file
-from csr_index.engines import warm_up
+from csr_index.warmup import warm_up
 from csr_index.cli.common import (
     echo_results,
     load_index,
@@ -25,7 +25,7 @@ from csr_index.cli.text import read_inputs, text_options
 from csr_index.evaluation import evaluate_run, read_qrels
 from csr_index.io import EmbeddingFile
 from csr_index.rerank import exact_topn
-from csr_index.storage import check_writable
+from csr_index.manifest import check_writable
 
 SCORE_CHOICE = click.Choice(["asymmetric", "code", "exact"])
 NO_DOCUMENTS = "nothing to search; build one with documents, or search its Qdrant collection with search-qdrant"
@@ -39,7 +39,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("embeddings", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(), help="Index directory (default: EMBEDDINGS with .csr suffix).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Index directory (default: EMBEDDINGS with .csr suffix); an index already there is replaced.")
 @click.option("--k", "k", default=32, show_default=True, help="Active latents per code.")
 @click.option("--h", "h", type=int, default=None, help="Code width (default 4 * d).")
 @click.option("--k-doc", "k_doc", type=int, default=None, help="Active latents per stored code (default: --k).")
@@ -88,7 +89,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
                          values_dtype=values_dtype, config=config, progress=not quiet)
         seconds = build_from_file(index, source, batch_rows=batch_rows, progress=not quiet)
         start = time.perf_counter()
-        index.save(out)
+        index.save(out, overwrite=True)  # a build replaces the index already at --output (check_writable vetted it)
         seconds["save"] = time.perf_counter() - start
         seconds["compile search kernels"] = warm_up()
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: e.g. torch's device errors

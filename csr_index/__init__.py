@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.3.0"
-
-from .codes import SparseCodes  # noqa: E402
-from .config import CSRConfig  # noqa: E402
-from .encoder import CSREncoder  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .codes import SparseCodes
+from .config import CSRConfig
+from .encoder import CSREncoder
+from .errors import (
     CorruptIndexError,
     FormatVersionError,
     IndexFormatError,
@@ -17,8 +16,8 @@ from .errors import (  # noqa: E402
     NotTrainedError,
     StaleIndexError,
 )
-from .index import CSRIndex  # noqa: E402
-from .model import SparseAdapter  # noqa: E402
+from .index import CSRIndex
+from .model import SparseAdapter
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

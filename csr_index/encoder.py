@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
-from .errors import NotTrainedError
+from .errors import CorruptIndexError, NotTrainedError
+from .manifest import read_manifest
 from .model import SparseAdapter
 from .progress import progress_bar
 from .sparsify import GRAM_MAX_H, encode_rows, support_rows
+from .storage import read_adapter, write_index
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive, sample_rows
 
@@ -322,14 +324,22 @@ class CSREncoder:
         """Write the encoder as an index directory without documents (atomic, see
         :mod:`csr_index.storage`). A ``path`` that holds an index with documents (e.g. the one this
         encoder was loaded from) is refused with FileExistsError unless ``overwrite``."""
-        from .storage import write_index
-
-        write_index(path, self, {"k_doc": self.k, "store_vectors": False, "values_dtype": "float32"}, (), (),
-                    replace_documents=overwrite)
+        settings = {"k_doc": self.k, "store_vectors": False, "values_dtype": "float32"}
+        write_index(path, self.meta(), self.state(), settings, (), (), replace_documents=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSREncoder":
         """The encoder of any index directory; its documents are not read."""
-        from .storage import read_encoder
+        return cls.from_manifest(path, read_manifest(path), verify=verify, progress=progress)
 
-        return read_encoder(path, verify=verify, progress=progress)
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike, manifest: dict[str, Any], verify: bool = True,
+                      progress: bool = False) -> "CSREncoder":
+        """The encoder that ``manifest`` (:func:`~csr_index.manifest.read_manifest` of the index
+        directory ``path``) records, with its adapter file (``verify``: its sha256 checked).
+        CorruptIndexError when they do not make a valid encoder."""
+        state = read_adapter(path, manifest, verify)
+        try:
+            return cls.from_state(manifest["encoder"], state, progress=progress)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptIndexError(f"the encoder of {path} is incomplete or invalid: {exc}") from exc

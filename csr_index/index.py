@@ -16,10 +16,14 @@ from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .encoder import CSREncoder
 from .engines import engine_options
+from .errors import CorruptIndexError, IndexFormatError
+from .manifest import manifest_generation, read_manifest
 from .scoring import SCORES, default_rerank
 from .searcher import first_occurrences, rescore_codes, rescore_exact, search_codes, search_exact
 from .segment import Segment
-from .storage import manifest_generation, read_index, read_manifest, write_index
+from .st_model import encoder_from_sentence_transformers
+from .stats import index_stats
+from .storage import read_segments, write_index
 from .store import RowStore
 from .validation import as_ids, as_int64, as_matrix, check_positive
 
@@ -266,32 +270,37 @@ class CSRIndex:
     def stats(self) -> dict[str, Any]:
         """Sizes and latent usage: memory per vector by part (with the posting lists of the engine
         searches use, built now if no search has yet), unused latents, the busiest latent's share."""
-        from .stats import index_stats
-        return index_stats(self, self._store.snapshot)
+        return index_stats(self._store.snapshot, self._engine_spec, self.encoder, k_doc=self.k_doc,
+                           store_vectors=self.store_vectors, values_dtype=self.values_dtype)
 
     # ------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Write the index to the directory ``path`` atomically; only new segments' files are written
-        when ``path`` already holds an earlier save (see :mod:`csr_index.storage`). Raises
-        :class:`StaleIndexError` if ``path`` was saved by another handle or process after this one
-        loaded or last saved it (a last-save-wins would drop that save's rows)."""
+        when ``path`` already holds an earlier save (see :mod:`csr_index.storage`).
+
+        Raises FileExistsError if ``path`` holds documents of an index this handle did not load from
+        or save to there, and :class:`StaleIndexError` if ``path`` was saved by another handle or
+        process after this one loaded or last saved it (a last-save-wins would drop that save's
+        rows). ``overwrite=True`` replaces whatever index ``path`` holds, without either check."""
         self.encoder.require_trained()
         settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
         with self._store.lock:
             snap = self._store.snapshot
             key = str(Path(path).resolve())
-            self._saves[key] = write_index(path, self.encoder, settings, snap.segments, snap.deleted,
-                                           self._store.next_id, generation=self._saves.get(key))
+            ours = key in self._saves
+            self._saves[key] = write_index(path, self.encoder.meta(), self.encoder.state(), settings, snap.segments,
+                                           snap.deleted, self._store.next_id, replace_documents=overwrite or ours,
+                                           generation=None if overwrite else self._saves.get(key))
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True, progress: bool = False) -> "CSRIndex":
         """Open an index directory written by :meth:`save` (or :meth:`CSREncoder.save`); codes and
         originals are memory-mapped. ``verify`` checks every file's sha256. Raises
         :class:`MissingIndexFileError`, :class:`CorruptIndexError` or :class:`FormatVersionError`."""
-        from .errors import CorruptIndexError, IndexFormatError
-
         try:
-            manifest, encoder, segments, deleted = read_index(path, verify=verify, progress=progress)
+            manifest = read_manifest(path)
+            encoder = CSREncoder.from_manifest(path, manifest, verify=verify, progress=progress)
+            segments, deleted = read_segments(path, manifest, encoder.h, encoder.d, verify=verify)
             index = cls.from_encoder(encoder, **manifest["index"])
         except IndexFormatError:
             raise
@@ -311,9 +320,12 @@ class CSRIndex:
         return read_manifest(path)
 
     @classmethod
-    def from_sentence_transformers(cls, path: str | os.PathLike, **kwargs: Any) -> "CSRIndex":
-        """A trained, empty index whose adapter is a sentence-transformers CSR model (see
-        :func:`csr_index.integrations.sentence_transformers.index_from_sentence_transformers`)."""
-        from csr_index.integrations.sentence_transformers import index_from_sentence_transformers
-
-        return index_from_sentence_transformers(path, index_cls=cls, **kwargs)
+    def from_sentence_transformers(cls, path: str | os.PathLike, *, metric: str | None = None, refit: bool = False,
+                                   **kwargs: Any) -> "CSRIndex":
+        """A trained, empty index whose adapter is a sentence-transformers CSR model (a SparseEncoder
+        or SparseAutoEncoder directory; ``metric``, ``refit`` and the float32 ``values_dtype`` default:
+        see :func:`csr_index.integrations.sentence_transformers.index_from_sentence_transformers`)."""
+        kwargs.setdefault("values_dtype", "float32")  # stored codes are then ST's exactly
+        index = cls.from_encoder(encoder_from_sentence_transformers(path, metric=metric, refit=refit), **kwargs)
+        log.info("index from %s: %r", path, index)
+        return index

@@ -11,12 +11,12 @@ smaller than float32, 2x smaller than float16).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from .engines.base import empty_result, top_entries
 from .engines.kernels import LUT, PREFETCH_AHEAD, _emit, _offer, prefetch, value_of
+from .threads import num_threads, use_threadsafe_layer
 from .validation import check_positive
 
 __all__ = ["quantize_int8", "rerank_topn", "exact_topn"]
@@ -107,10 +107,11 @@ def rerank_topn(
         raise ValueError(f"vectors must be float32, float16 or int8, got {vectors.dtype}")
     sc = np.empty(0, dtype=np.float32) if scales is None else np.ascontiguousarray(scales, dtype=np.float32)
     out_d, out_i = empty_result(len(q), topn)
-    nchunks = 1 if len(q) <= 1 else max(1, min(numba.get_num_threads() if threads is None else int(threads), len(q)))
+    nchunks = 1 if len(q) <= 1 else max(1, min(num_threads() if threads is None else int(threads), len(q)))
     if nchunks == 1:
         _rerank_chunk(0, len(q), q, cand, vectors, lut, sc, out_d, out_i)
     else:
+        use_threadsafe_layer()
         _rerank_parallel(nchunks, q, cand, vectors, lut, sc, out_d, out_i)
     return out_d, out_i
 

@@ -3,7 +3,9 @@
 An index is a list of segments (see :mod:`csr_index.store`). A segment never changes
 after it is built, so a search can use it while a writer adds or merges others, and
 saving can reuse its files. It builds its search engine lazily (one per engine
-setting, under a lock) and caches the per-doc scales of each scoring mode.
+setting, under a lock) and caches the per-doc scales of each scoring mode. It owns its
+Arrow form (:meth:`Segment.tables`, :meth:`Segment.from_tables`); :mod:`csr_index.storage`
+writes and memory-maps the files.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +22,7 @@ from .codes import SparseCodes, index_dtype
 from .engines import SearchEngine, make_engine
 from .errors import CorruptIndexError
 
-if TYPE_CHECKING:
-    from .encoder import CSREncoder
-
-__all__ = ["Segment", "EngineSpec"]
+__all__ = ["Segment", "EngineSpec", "fixed_size_column"]
 
 EngineSpec = tuple[str, tuple[tuple[str, Any], ...]]
 """An engine name and its options, hashable: ``("pruned", (("candidates", 500),))``."""
@@ -136,19 +135,19 @@ class Segment:
         return out
 
     @classmethod
-    def from_tables(cls, name: str, tables: dict[str, pa.Table], encoder: "CSREncoder", settings: dict[str, Any],
+    def from_tables(cls, name: str, tables: dict[str, pa.Table], h: int, d: int, settings: dict[str, Any],
                     files: dict[str, Any], root: Path) -> "Segment":
-        """A segment from its (memory-mapped) tables, every size and value range checked."""
-        from .storage import fixed_size_column
-
+        """A segment from its (memory-mapped) tables, as :meth:`tables` writes them, of codes of width
+        ``h`` and originals of ``d`` dimensions, under the index ``settings`` (k_doc, values_dtype,
+        store_vectors); every size and value range checked (CorruptIndexError naming ``root``)."""
         codes = tables["codes"]
         n, k_doc = codes.num_rows, int(settings["k_doc"])
-        indices = fixed_size_column(codes, "indices", index_dtype(encoder.h))
+        indices = fixed_size_column(codes, "indices", index_dtype(h))
         values = fixed_size_column(codes, "values", np.dtype(settings["values_dtype"]))
         if indices.shape != (n, k_doc) or values.shape != (n, k_doc):
             raise CorruptIndexError(f"{root}: segment {name} codes have shape {indices.shape}, expected ({n}, {k_doc})")
-        if n and int(indices.max()) >= encoder.h:
-            raise CorruptIndexError(f"{root}: a latent index exceeds h={encoder.h}")
+        if n and int(indices.max()) >= h:
+            raise CorruptIndexError(f"{root}: a latent index exceeds h={h}")
         if not np.isfinite(values).all() or (values < 0).any():
             raise CorruptIndexError(f"{root}: code values must be finite and non-negative")
         ids = codes.column("id").to_numpy()
@@ -161,10 +160,10 @@ class Segment:
             if "vectors" not in tables:
                 raise CorruptIndexError(f"{root}: segment {name} has no stored vectors")
             vectors = fixed_size_column(tables["vectors"], "vector", np.float16)
-            if vectors.shape != (n, encoder.d):
+            if vectors.shape != (n, d):
                 raise CorruptIndexError(f"{root}: segment {name} vectors have shape {vectors.shape}, "
-                                        f"expected ({n}, {encoder.d})")
-        return cls(ids, SparseCodes(indices, values, encoder.h), norms, vectors, keys, name=name, files=files)
+                                        f"expected ({n}, {d})")
+        return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files)
 
     @classmethod
     def merge(cls, parts: list["Segment"], deleted: list[np.ndarray | None]) -> "Segment":
@@ -182,3 +181,17 @@ class Segment:
                     pa.array(np.arange(p.n)[r], type=pa.int64())) for p, r in zip(parts, keep)])
         return cls(np.concatenate([p.ids[r] for p, r in zip(parts, keep)]), codes,
                    np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys)
+
+
+def fixed_size_column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
+    """A fixed_size_list column as an (n, width) numpy array; zero-copy for a single chunk."""
+    if name not in table.column_names:
+        raise CorruptIndexError(f"Arrow table lacks the column {name!r} (has {table.column_names})")
+    col = table.column(name)
+    if not pa.types.is_fixed_size_list(col.type) or col.type.value_type != pa.from_numpy_dtype(np.dtype(dtype)):
+        raise CorruptIndexError(f"column {name!r} has type {col.type}, expected fixed_size_list<{np.dtype(dtype)}>")
+    width = col.type.list_size
+    chunks = [c.values.to_numpy(zero_copy_only=True).reshape(-1, width) for c in col.chunks if len(c)]
+    if not chunks:
+        return np.empty((0, width), dtype=dtype)
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

@@ -13,11 +13,11 @@ per-call overheads; rows run in parallel over numba's threads.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from .engines.kernels import _offer
+from .threads import num_threads
 
 __all__ = ["encode_rows", "support_rows", "GRAM_MAX_H"]
 
@@ -162,7 +162,7 @@ ROWS_PER_CHUNK = 256
 
 def _row_chunks(n: int) -> int:
     """Threads (chunks of rows) a batch of ``n`` rows is split over: numba's count, at most one per ROWS_PER_CHUNK."""
-    return min(numba.get_num_threads(), max(1, n // ROWS_PER_CHUNK))
+    return min(num_threads(), max(1, n // ROWS_PER_CHUNK))
 
 
 @njit(cache=True, parallel=True)

@@ -6,8 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .codes import index_dtype
+
 if TYPE_CHECKING:
-    from .index import CSRIndex
+    from .encoder import CSREncoder
+    from .segment import EngineSpec
     from .store import Snapshot
 
 __all__ = ["index_stats", "latent_usage"]
@@ -24,31 +27,33 @@ def latent_usage(snap: "Snapshot", h: int) -> np.ndarray:
     return counts
 
 
-def index_stats(index: "CSRIndex", snap: "Snapshot") -> dict[str, Any]:
+def index_stats(snap: "Snapshot", spec: "EngineSpec", encoder: "CSREncoder", *, k_doc: int, store_vectors: bool,
+                values_dtype: np.dtype) -> dict[str, Any]:
     """Settings, counts, memory per live vector (codes, ids, norms, originals, keys, and the posting
-    lists of the engine the index searches with, built if not yet) and latent usage (busiest
-    latent's share of documents)."""
+    lists of the engine ``spec`` searches with, built if not yet) and latent usage (busiest
+    latent's share of documents) of an index: the segments ``snap``, stored as ``encoder``,
+    ``k_doc``, ``store_vectors`` and ``values_dtype`` say."""
     n = snap.ntotal
     parts: dict[str, int] = {}
     for seg in snap.segments:
-        for name, nbytes in seg.nbytes(index._engine_spec).items():
+        for name, nbytes in seg.nbytes(spec).items():
             parts[name] = parts.get(name, 0) + nbytes
+    indices_dtype = index_dtype(encoder.h)
     out: dict[str, Any] = {
-        "d": index.d, "h": index.h, "k": index.k, "k_doc": index.k_doc, "metric": index.metric,
+        "d": encoder.d, "h": encoder.h, "k": encoder.k, "k_doc": k_doc, "metric": encoder.metric,
         "ntotal": n, "segments": len(snap.segments), "deleted_rows": sum(s.n for s in snap.segments) - n,
-        "is_trained": index.is_trained, "store_vectors": index.store_vectors,
-        "indices_dtype": str(np.dtype(np.uint16 if index.h <= 1 << 16 else np.uint32)),
-        "values_dtype": str(index.values_dtype),
-        "code_bytes_per_vector": index.k_doc * (np.dtype(np.uint16 if index.h <= 1 << 16 else np.uint32).itemsize
-                                                + index.values_dtype.itemsize),
-        "dense_float32_bytes_per_vector": 4 * index.d,
+        "is_trained": encoder.is_trained, "store_vectors": store_vectors,
+        "indices_dtype": str(indices_dtype),
+        "values_dtype": str(values_dtype),
+        "code_bytes_per_vector": k_doc * (indices_dtype.itemsize + values_dtype.itemsize),
+        "dense_float32_bytes_per_vector": 4 * encoder.d,
     }
     if n:
         out["memory_bytes_per_vector"] = round(sum(parts.values()) / n, 1)
         out.update({f"memory_{name}_bytes_per_vector": round(b / n, 1) for name, b in parts.items() if b})
-        counts = latent_usage(snap, index.h)
+        counts = latent_usage(snap, encoder.h)
         out["mean_nonzeros_per_code"] = round(float(counts.sum() / n), 2)
         out["latents_unused_by_stored_codes"] = int((counts == 0).sum())
         out["busiest_latent_doc_fraction"] = round(float(counts.max() / n), 4)
-    out.update({f"train_{k}": v for k, v in index.train_stats.items()})
+    out.update({f"train_{k}": v for k, v in encoder.train_stats.items()})
     return out

@@ -94,6 +94,13 @@ def assert_matches(D: np.ndarray, rows: np.ndarray, ref: np.ndarray, topn: int, 
         assert len(np.unique(valid)) == len(valid), "a row is returned twice"
 
 
+def recall_at(rows: np.ndarray, truth: np.ndarray) -> float:
+    """Recall@topn of ``rows`` against the exact results ``truth`` (both (nq, topn), padded with -1):
+    the mean share of each query's exact results that ``rows`` holds."""
+    return float(np.mean([len(set(t[t >= 0].tolist()) & set(r[r >= 0].tolist())) / max(1, int((t >= 0).sum()))
+                          for t, r in zip(truth, rows)]))
+
+
 @pytest.fixture(scope="module")
 def docs() -> SparseCodes:
     return random_codes(700, seed=0)
@@ -290,14 +297,14 @@ def test_pruned_recall_grows_with_its_knobs(clustered):
 def test_pruned_budget_scales_with_the_segment_share(clustered):
     """A segment holding a quarter of the rows gets a quarter of the candidate budget (never
     fewer than topn); exact engines ignore the share; a share outside (0, 1] is an error."""
-    docs, q = clustered
-    part = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10, share=0.25)
-    alone = make_engine("pruned", docs, candidates=50, full_scan_below=0).search(sparse(q), 10)
+    docs, q = clustered  # one term per query: a shortlist whose size shows in the results
+    part = make_engine("pruned", docs, query_cut=1, candidates=200, full_scan_below=0).search(sparse(q), 10, share=0.25)
+    alone = make_engine("pruned", docs, query_cut=1, candidates=50, full_scan_below=0).search(sparse(q), 10)
     np.testing.assert_array_equal(part[1], alone[1])
-    tiny = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10, share=1e-6)
-    floor = make_engine("pruned", docs, candidates=10, full_scan_below=0).search(sparse(q), 10)
+    tiny = make_engine("pruned", docs, query_cut=1, candidates=200, full_scan_below=0).search(sparse(q), 10, share=1e-6)
+    floor = make_engine("pruned", docs, query_cut=1, candidates=10, full_scan_below=0).search(sparse(q), 10)
     np.testing.assert_array_equal(tiny[1], floor[1])
-    full = make_engine("pruned", docs, candidates=200, full_scan_below=0).search(sparse(q), 10)
+    full = make_engine("pruned", docs, query_cut=1, candidates=200, full_scan_below=0).search(sparse(q), 10)
     assert not np.array_equal(tiny[1], full[1])  # the share did change the budget
     exact = make_engine("inverted", docs)
     np.testing.assert_array_equal(exact.search(sparse(q), 10, share=0.1)[1], exact.search(sparse(q), 10)[1])
@@ -336,6 +343,60 @@ def test_list_cut_reads_each_list_up_to_a_multiple_of_the_mean_length(clustered)
     # a cut shortlist is a subset of the uncut one's reach: every result shares a read latent
     D, rows = engine.search(sparse(q), 10)
     assert (rows[:, 0] >= 0).all()
+
+
+# The pruned engine scans every doc exactly below ``full_scan_below`` (4,096 by default), so a
+# fixture smaller than that tests an exact scan unless the threshold is lowered. The tests below
+# measure the shortlist path itself: recall@10 against the exact (inverted) engine's results above a
+# floor, and a starved shortlist (one posting list, ten candidates) well below it, which an exact
+# scan, blind to those knobs, would not be.
+STARVED = {"query_cut": 1, "candidates": 10}
+
+
+def pruned_recall(docs: SparseCodes, batch: QueryBatch, scale=None, **options) -> float:
+    """Recall@10 of ``make_engine("pruned", docs, **options)`` against the exact inverted engine."""
+    truth = make_engine("inverted", docs).search(batch, 10, scale)[1]
+    return recall_at(make_engine("pruned", docs, **options).search(batch, 10, scale)[1], truth)
+
+
+def pruned_queries(kind: str, sparse_queries: SparseCodes, seed: int) -> QueryBatch:
+    """``"sparse"``: code x code queries; ``"dense"``: a dense query with its K largest coordinates as
+    terms, as an asymmetric search is (only docs sharing one of those terms can be found)."""
+    if kind == "sparse":
+        return sparse(sparse_queries)
+    return dense(np.random.default_rng(seed).standard_normal((sparse_queries.n, H)).astype(np.float32), terms=K)
+
+
+@pytest.fixture(scope="module")
+def large_docs() -> SparseCodes:
+    """More docs than the pruned engine's default ``full_scan_below``: its defaults take the shortlist."""
+    return random_codes(6000, seed=22)
+
+
+@pytest.mark.parametrize("kind,floor", [("sparse", 0.95), ("dense", 0.7)])  # measured: 1.00, 0.785
+def test_pruned_shortlist_below_the_full_scan_size(docs, queries, extras, kind, floor):
+    """A small collection (700 docs) with ``full_scan_below=0`` and otherwise default options."""
+    scale, _ = extras
+    batch = pruned_queries(kind, queries, seed=15)
+    assert docs.n < PrunedEngine(docs).full_scan_below
+    assert pruned_recall(docs, batch, scale, **STARVED) == 1.0  # by default this size is scanned exactly
+    recall = pruned_recall(docs, batch, scale, full_scan_below=0)
+    assert recall >= floor, recall
+    starved = pruned_recall(docs, batch, scale, full_scan_below=0, **STARVED)
+    assert starved <= 0.5, starved  # measured: 0.17 sparse, 0.16 dense
+
+
+@pytest.mark.parametrize("kind,floor", [("sparse", 0.95), ("dense", 0.8)])  # measured: 1.00, 0.9025
+def test_pruned_defaults_above_the_full_scan_size(large_docs, kind, floor):
+    """A collection above the default ``full_scan_below`` (6,000 docs), every option left at its default."""
+    scale = np.random.default_rng(24).uniform(0.5, 2.0, large_docs.n).astype(np.float32)
+    batch = pruned_queries(kind, random_codes(40, seed=23), seed=25)
+    engine = make_engine("pruned", large_docs)
+    assert large_docs.n >= engine.full_scan_below and engine.list_limit is not None  # its posting lists are cut
+    recall = pruned_recall(large_docs, batch, scale)
+    assert recall >= floor, recall
+    starved = pruned_recall(large_docs, batch, scale, **STARVED)
+    assert starved <= 0.6, starved  # measured: 0.39 sparse, 0.17 dense
 
 
 @pytest.mark.parametrize("bad", [{"query_cut": 0}, {"candidates": -1}, {"list_cut": 0}, {"list_cut": "2"},
@@ -401,8 +462,53 @@ def test_index_results_do_not_depend_on_the_exact_engine(filled_index_factory, q
 def test_index_pruned_engine_with_rerank(filled_index_factory, queries_dense):
     index = filled_index_factory(store_vectors=True)
     exact = index.set_engine("inverted").search(queries_dense, 5, score="code", rerank=50)
-    approx = index.set_engine("pruned", candidates=None).search(queries_dense, 5, score="code", rerank=50)
+    # unbounded knobs: exact under code scoring; full_scan_below=0, or these 600 docs would be scanned exactly
+    approx = index.set_engine("pruned", candidates=None, list_cut=None, full_scan_below=0).search(
+        queries_dense, 5, score="code", rerank=50)
     np.testing.assert_allclose(approx[0], exact[0], rtol=1e-4, atol=1e-5)
+
+
+def index_recall(index, xq: np.ndarray, score: str, rerank: int | None, **options) -> float:
+    """Recall@10 of ``index`` searched with the pruned engine (``options``) against the exact inverted
+    engine, both at the same ``score`` and ``rerank``."""
+    truth = index.set_engine("inverted").search(xq, 10, score=score, rerank=rerank)[1]
+    return recall_at(index.set_engine("pruned", **options).search(xq, 10, score=score, rerank=rerank)[1], truth)
+
+
+# (score, floor): the toy adapter's asymmetric shortlist reaches few of the exact top 10 (a dense
+# query finds only docs sharing one of its query_k latents), so its floors are low; a broken shortlist
+# finds next to none
+@pytest.mark.parametrize("score,floor", [("code", 0.9), ("asymmetric", 0.4)])  # measured: 1.00, 0.525
+def test_index_pruned_shortlist_below_the_full_scan_size(filled_index_factory, queries_dense, score, floor):
+    """The 600-doc index through ``set_engine("pruned", full_scan_below=0)``, other options default."""
+    index = filled_index_factory()
+    assert index_recall(index, queries_dense, score, None, **STARVED) == 1.0  # by default: an exact scan
+    recall = index_recall(index, queries_dense, score, None, full_scan_below=0)
+    assert recall >= floor, recall
+    starved = index_recall(index, queries_dense, score, None, full_scan_below=0, **STARVED)
+    assert starved <= recall - 0.15, (starved, recall)  # measured: code 0.425, asymmetric 0.19
+
+
+@pytest.fixture(scope="module")
+def large_index(make_index, embeddings):
+    """A trained index (originals stored) holding 6,000 vectors in one segment: above the pruned
+    engine's default ``full_scan_below``."""
+    index = make_index(store_vectors=True)
+    index.add(embeddings(6000, seed=5, norm_spread=True))
+    return index
+
+
+@pytest.mark.parametrize("score,rerank,floor", [  # measured: 1.00, 0.55, 0.9625, 0.43
+    ("code", 0, 0.9), ("asymmetric", 0, 0.45), ("code", None, 0.85), ("asymmetric", None, 0.35)])
+def test_index_pruned_defaults_above_the_full_scan_size(large_index, queries_dense, score, rerank, floor):
+    """What a user runs: ``set_engine("pruned")`` with its defaults over more docs than
+    ``full_scan_below``, with and without the default re-rank against the originals."""
+    sizes = [seg.n for seg in large_index._store.snapshot.segments]
+    assert sizes == [6000] and sizes[0] >= PrunedEngine(large_index.codes()).full_scan_below
+    recall = index_recall(large_index, queries_dense, score, rerank)
+    assert recall >= floor, recall
+    starved = index_recall(large_index, queries_dense, score, rerank, **STARVED)
+    assert starved <= recall - 0.15, (starved, recall)  # measured: 0.19, 0.04, 0.32, 0.17
 
 
 def test_index_engine_choice_is_validated(make_index):

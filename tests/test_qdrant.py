@@ -10,14 +10,8 @@ from __future__ import annotations
 import copy
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,38 +26,26 @@ from httpx import Headers  # noqa: E402
 from qdrant_client import QdrantClient, models  # noqa: E402
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse  # noqa: E402
 
-from csr_index import CSRConfig, CSRIndex, SparseCodes  # noqa: E402
+from csr_index import CSRIndex, SparseCodes  # noqa: E402
 from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402
 from csr_index.integrations import qdrant as cq  # noqa: E402
 from csr_index.io import read_embeddings  # noqa: E402
 from csr_index.engines.base import top_entries  # noqa: E402
+from qdrant_fixtures import (CORPUS, QUERIES, TOL, adapter_config, qvecs, requires_scifact,  # noqa: E402, F401
+                             run_and_kill, scifact)
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
-CORPUS = DATA / "corpus.parquet"
-QUERIES = DATA / "queries.parquet"
 LOCAL_NQ = 20
-TOL = 1e-5
 
-pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason=f"SciFact data not found at {DATA}")
+pytestmark = requires_scifact
 
 
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def scifact():
-    """SciFact docs (vectors, keys, and the id/text table)."""
-    return read_embeddings(CORPUS)
-
-
-@pytest.fixture(scope="module")
-def qvecs():
-    """The 300 SciFact query vectors."""
-    return read_embeddings(QUERIES).vectors
+# scifact, qvecs: see qdrant_fixtures
 
 
 @pytest.fixture(scope="module")
 def sf_index(scifact):
-    config = CSRConfig(steps=20, batch_size=256, warmup_steps=1, device="cpu", seed=0)
-    idx = CSRIndex(scifact.vectors.shape[1], k=32, store_vectors=True, config=config)
+    idx = CSRIndex(scifact.vectors.shape[1], k=32, store_vectors=True, config=adapter_config())
     idx.train(scifact.vectors)
     # shuffled, sparse ids: catches any confusion between ids and storage rows
     ids = np.random.default_rng(0).permutation(len(scifact.vectors)).astype(np.int64) * 11 + 5
@@ -263,31 +245,13 @@ def test_partial_export_resumes(sf_index, tmp_path):
         assert (report.uploaded, report.skipped, report.points_count) == (sf_index.ntotal - 2000, 2000, sf_index.ntotal)
 
 
-CHILD = r"""
-import logging, sys, time
+# the child run by qdrant_fixtures.run_and_kill: export a saved index into an edge shard or local-mode path
+EXPORT = r"""
 from csr_index import CSRIndex
 from csr_index.integrations import qdrant as cq
 
-index_path, kind, where, batch_size, report_after, hold_after = sys.argv[1:7]
+index_path, kind, where, batch_size = args
 index = CSRIndex.load(index_path)
-
-
-class Checkpoints(logging.Handler):
-    # says READY after `report_after` batches; blocks after `hold_after` until killed
-    seen = 0
-
-    def emit(self, record):
-        if record.getMessage().startswith("batch at row"):
-            Checkpoints.seen += 1
-            if Checkpoints.seen == int(report_after):
-                print("READY", flush=True)
-            if Checkpoints.seen == int(hold_after):
-                time.sleep(600)  # never finish: the parent kills this process
-
-
-log = logging.getLogger("csr_index.integrations.qdrant")
-log.setLevel(logging.DEBUG)
-log.addHandler(Checkpoints())
 if kind == "edge":
     target, name = cq.EdgeCollection(where), None
 else:
@@ -298,27 +262,9 @@ print("FINISHED", flush=True)
 """
 
 
-def run_and_kill(args, delay=0.0):
-    """Start an export in a child process and SIGKILL it ``delay`` seconds after it says READY."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "READY", f"child did not reach the checkpoint: {line!r} {proc.stderr.read()}"
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the child finished before it was killed"
-
-
 def test_killed_edge_export_resumes(sf_index, index_dir, qvecs, tmp_path):
     where = tmp_path / "shard"
-    run_and_kill([index_dir, "edge", where, 400, 6, 6])  # killed while it holds after batch 6
+    run_and_kill(EXPORT, 6, 6, [index_dir, "edge", where, 400])  # killed while it holds after batch 6
     with cq.EdgeCollection(where) as shard:
         partial = shard.count()
         assert partial == 6 * 400  # the WAL kept every acknowledged batch
@@ -336,7 +282,7 @@ def test_killed_local_export_resumes(sf_index, scifact, qvecs, tmp_path):
     where = tmp_path / "local"
     # killed at a random moment after batch 3: inside the upload of batch 4 or 5 (local mode
     # commits point by point), or, on a fast disk, while the child holds after batch 5
-    run_and_kill([tmp_path / "sub.csr", "local", where, 20, 3, 5], delay=random.uniform(0.0, 0.3))
+    run_and_kill(EXPORT, 3, 5, [tmp_path / "sub.csr", "local", where, 20], delay=random.uniform(0.0, 0.3))
     client = QdrantClient(path=str(where))
     try:
         partial = client.count("docs").count

@@ -8,11 +8,6 @@ One small adapter is trained on SciFact per module (quality is irrelevant for pa
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,32 +24,20 @@ from csr_index import CSRConfig, CSREncoder, CSRIndex  # noqa: E402
 from csr_index.cli.qdrant import export_qdrant, search_qdrant  # noqa: E402
 from csr_index.errors import NotTrainedError  # noqa: E402
 from csr_index.integrations import qdrant as cq  # noqa: E402
-from csr_index.io import read_embeddings  # noqa: E402
 from csr_index.scoring import default_rerank  # noqa: E402
+from qdrant_fixtures import (CORPUS, QUERIES, TOL, adapter_config, qvecs, requires_scifact,  # noqa: E402, F401
+                             run_and_kill, scifact)
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
-CORPUS = DATA / "corpus.parquet"
-QUERIES = DATA / "queries.parquet"
-TOL = 1e-5
 R = default_rerank("code", 10)  # 300: what a search re-ranks by default (code x code shortlist)
 
-pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason=f"SciFact data not found at {DATA}")
+pytestmark = requires_scifact
 
-
-@pytest.fixture(scope="module")
-def scifact():
-    return read_embeddings(CORPUS)
-
-
-@pytest.fixture(scope="module")
-def qvecs():
-    return read_embeddings(QUERIES).vectors
+# scifact, qvecs: see qdrant_fixtures
 
 
 @pytest.fixture(scope="module")
 def encoder(scifact):
-    config = CSRConfig(steps=20, batch_size=256, warmup_steps=1, device="cpu", seed=0)
-    return CSREncoder(scifact.vectors.shape[1], k=32, config=config).fit(scifact.vectors)
+    return CSREncoder(scifact.vectors.shape[1], k=32, config=adapter_config()).fit(scifact.vectors)
 
 
 @pytest.fixture(scope="module")
@@ -286,30 +269,13 @@ def test_adapter_only_errors(encoder, edge, qvecs, index):
 
 
 # ------------------------------------------------------------------- resume
-CHILD = r"""
-import logging, sys, time
+# the child run by qdrant_fixtures.run_and_kill: stream Parquet into an edge shard or local-mode path
+EXPORT = r"""
 from csr_index import CSREncoder
 from csr_index.integrations import qdrant as cq
 
-adapter, parquet, kind, where, report_after, hold_after, read_batch, batch = sys.argv[1:9]
+adapter, parquet, kind, where, read_batch, batch = args
 encoder = CSREncoder.load(adapter)
-
-
-class Checkpoints(logging.Handler):
-    seen = 0
-
-    def emit(self, record):
-        if record.getMessage().startswith("batch at row"):
-            Checkpoints.seen += 1
-            if Checkpoints.seen == int(report_after):
-                print("READY", flush=True)
-            if Checkpoints.seen == int(hold_after):
-                time.sleep(600)  # never finish: the parent kills this process
-
-
-log = logging.getLogger("csr_index.integrations.qdrant")
-log.setLevel(logging.DEBUG)
-log.addHandler(Checkpoints())
 if kind == "edge":
     target, name = cq.EdgeCollection(where, dense_size=encoder.d), None
 else:
@@ -320,28 +286,13 @@ print("FINISHED", flush=True)
 """
 
 
-def kill_after(args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "READY", f"child did not reach the checkpoint: {line!r} {proc.stderr.read()}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 def test_killed_stream_export_resumes(encoder, scifact, qvecs, tmp_path):
     adapter = tmp_path / "adapter.csr"
     encoder.save(adapter)
     path = small_parquet(scifact, tmp_path / "c.parquet", 1500)
     where = tmp_path / "shard"
-    kill_after([adapter, path, "edge", where, 7, 7, 500, 100])  # killed while holding after 7 requests of 100
+    # killed while holding after 7 requests of 100
+    run_and_kill(EXPORT, 7, 7, [adapter, path, "edge", where, 500, 100])
     with cq.EdgeCollection(where) as shard:
         assert shard.count() == 700  # its WAL kept every acknowledged request
         report = cq.export_parquet(encoder, path, shard, dense=True, read_batch_size=400)
@@ -356,7 +307,8 @@ def test_killed_local_stream_export_resumes(encoder, scifact, tmp_path):
     encoder.save(adapter)
     path = small_parquet(scifact, tmp_path / "c.parquet", 100)
     where = tmp_path / "local"
-    kill_after([adapter, path, "local", where, 2, 2, 40, 20])  # local mode commits point by point: keep it small
+    # local mode commits point by point: keep it small
+    run_and_kill(EXPORT, 2, 2, [adapter, path, "local", where, 40, 20])
     client = QdrantClient(path=str(where))
     try:
         assert client.count("docs").count == 40

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import csr_index.manifest
 import csr_index.storage
 from csr_index import CorruptIndexError, CSRIndex, FormatVersionError, IndexFormatError, MissingIndexFileError
 
@@ -318,16 +323,16 @@ def _fail_on_call(n, real):
 
 
 @pytest.mark.parametrize(
-    "target, call",
+    "module, target, call",
     [
-        ("_write_table", 1),  # crash while writing the codes
-        ("_write_table", 2),  # codes written, crash while writing the vectors
-        ("_write_bytes", 1),  # crash writing the new manifest (the adapter file is shared, not rewritten)
-        ("os.replace", 1),  # crash at the commit point
+        pytest.param(csr_index.storage, "_write_table", 1, id="codes"),  # crash while writing the codes
+        pytest.param(csr_index.storage, "_write_table", 2, id="vectors"),  # codes written, crash writing the vectors
+        pytest.param(csr_index.manifest, "write_bytes", 1, id="manifest"),  # (the adapter file is shared)
+        pytest.param(None, "os.replace", 1, id="commit"),  # crash at the commit point
     ],
 )
 def test_crashed_save_keeps_the_previous_index(filled_index_factory, corpus, queries, tmp_path, monkeypatch,
-                                               target, call):
+                                               module, target, call):
     path = tmp_path / "ix"
     old = filled_index_factory(store_vectors=True)
     old.save(path)
@@ -339,17 +344,17 @@ def test_crashed_save_keeps_the_previous_index(filled_index_factory, corpus, que
     new.add(corpus[:50])
     with monkeypatch.context() as m:
         if target == "os.replace":
-            m.setattr(csr_index.storage.os, "replace", _fail_on_call(call, os.replace))
+            m.setattr(os, "replace", _fail_on_call(call, os.replace))
         else:
-            m.setattr(csr_index.storage, target, _fail_on_call(call, getattr(csr_index.storage, target)))
+            m.setattr(module, target, _fail_on_call(call, getattr(module, target)))
         with pytest.raises(OSError, match="simulated crash"):
-            new.save(path)
+            new.save(path, overwrite=True)  # another index's documents, replaced on purpose
 
     survivor = CSRIndex.load(path)  # the old manifest and every file it names are intact
     assert survivor.ntotal == len(corpus)
     assert_same_results(expected, survivor, queries)
 
-    new.save(path)  # a later successful save cleans the orphans of the crashed one
+    new.save(path, overwrite=True)  # a later successful save cleans the orphans of the crashed one
     assert on_disk(path) == listed(path)
     assert not on_disk(path) & set(before) - {data_file(path, "adapter").name}  # the adapter is shared
     assert CSRIndex.load(path).ntotal == 50
@@ -359,7 +364,7 @@ def test_crash_on_first_save_leaves_no_loadable_index(index, corpus, tmp_path, m
     index.add(corpus[:20])
     path = tmp_path / "ix"
     with monkeypatch.context() as m:
-        m.setattr(csr_index.storage.os, "replace", _fail_on_call(1, os.replace))
+        m.setattr(os, "replace", _fail_on_call(1, os.replace))
         with pytest.raises(OSError):
             index.save(path)
     with pytest.raises(MissingIndexFileError):
@@ -462,10 +467,9 @@ def test_a_second_writer_is_refused_while_one_saves(saved_copy, monkeypatch):
 
 def test_new_files_are_durable_before_the_manifest_names_them(filled_index_factory, tmp_path, monkeypatch):
     events = []
-    real_fsync, real_replace = csr_index.storage._fsync, os.replace
-    monkeypatch.setattr(csr_index.storage, "_fsync", lambda p: (events.append(("fsync", p.name)), real_fsync(p)))
-    monkeypatch.setattr(csr_index.storage.os, "replace", lambda a, b: (events.append(("replace", b.name)),
-                                                                         real_replace(a, b)))
+    real_fsync, real_replace = csr_index.manifest.fsync, os.replace
+    monkeypatch.setattr(csr_index.manifest, "fsync", lambda p: (events.append(("fsync", p.name)), real_fsync(p)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", b.name)), real_replace(a, b)))
     path = tmp_path / "ix"
     filled_index_factory(store_vectors=True).save(path)
     commit = events.index(("replace", "manifest.json"))
@@ -550,7 +554,7 @@ def test_a_damaged_adapter_is_rewritten_by_the_next_save(saved_copy, queries):
     adapter.write_bytes(bytes(blob))
     with pytest.raises(CorruptIndexError, match="sha256"):
         CSRIndex.load(path)
-    index.save(path)  # the healthy in-memory index: its adapter must not vouch for the damaged file
+    index.save(path, overwrite=True)  # the healthy in-memory index: its adapter must not vouch for the damaged file
     loaded = CSRIndex.load(path)
     for name, value in index.encoder.state().items():
         np.testing.assert_array_equal(loaded.encoder.state()[name], value)
@@ -560,7 +564,7 @@ def test_a_damaged_adapter_is_rewritten_by_the_next_save(saved_copy, queries):
 def test_saving_over_an_index_of_another_format_version_is_refused(saved_copy):
     index, path = saved_copy
     manifest = manifest_of(path)
-    manifest["format_version"] = csr_index.storage.FORMAT_VERSION + 1
+    manifest["format_version"] = csr_index.manifest.FORMAT_VERSION + 1
     (path / "manifest.json").write_text(json.dumps(manifest))
     before = sorted(p.name for p in path.iterdir())
     with pytest.raises(FormatVersionError, match="refusing to replace it"):
@@ -605,3 +609,83 @@ def test_a_stale_second_save_is_refused_and_the_first_saves_rows_stay(saved_copy
     assert CSRIndex.load(path).ntotal == n + 100
     b.save(path.parent / "elsewhere")  # or save the stale handle to another directory
     assert CSRIndex.load(path.parent / "elsewhere").ntotal == n + 40
+
+
+def test_saving_over_another_indexs_documents_is_refused_unless_overwrite(filled_index_factory, saved_copy, corpus,
+                                                                          queries):
+    """A handle that did not load from or save to a directory must not silently replace the
+    documents another index keeps there: FileExistsError naming the path, the count and the way
+    out; overwrite=True replaces them on purpose, and from then on the directory is the handle's."""
+    _, path = saved_copy
+    n = CSRIndex.load(path).ntotal
+    other = filled_index_factory(store_vectors=True)
+    other.reset()
+    other.add(corpus[:5])
+    before = manifest_of(path)
+    refusal = rf"{re.escape(str(path))} holds an index of {n} documents.*overwrite=True"
+    with pytest.raises(FileExistsError, match=refusal):
+        other.save(path)
+    assert manifest_of(path) == before and on_disk(path) == listed(path)
+    assert CSRIndex.load(path).ntotal == n
+
+    other.save(path, overwrite=True)
+    assert CSRIndex.load(path).ntotal == 5
+    other.add(corpus[5:7])
+    other.save(path)  # saved there now: saving back needs no overwrite, as after a load
+    assert_same_results(other, CSRIndex.load(path), queries)
+
+
+def test_overwrite_replaces_a_directory_saved_since_by_another_handle(saved_copy, corpus):
+    """overwrite=True is the explicit way past StaleIndexError too: this handle's rows replace the directory's."""
+    from csr_index import StaleIndexError
+
+    _, path = saved_copy
+    a, b = CSRIndex.load(path), CSRIndex.load(path)
+    a.add(corpus[:3])
+    a.save(path)
+    with pytest.raises(StaleIndexError):
+        b.save(path)
+    b.save(path, overwrite=True)
+    assert CSRIndex.load(path).ntotal == b.ntotal == a.ntotal - 3
+
+
+def test_saving_over_a_directory_without_documents_needs_no_overwrite(filled_index_factory, tmp_path):
+    """An adapter saved alone (CSREncoder.save) holds no documents: an index may be saved over it."""
+    index = filled_index_factory(store_vectors=True)
+    index.encoder.save(tmp_path / "ix")
+    index.save(tmp_path / "ix")
+    assert CSRIndex.load(tmp_path / "ix").ntotal == index.ntotal
+
+
+# ------------------------------------------------------ the writer lock off POSIX
+def _fake_msvcrt(calls: list, held: bool = False) -> types.SimpleNamespace:
+    """Windows' msvcrt.locking, recording (mode, bytes); ``held``: another process holds the lock."""
+    def locking(fd, mode, nbytes):
+        if held and mode == 2:
+            raise OSError(36, "Resource deadlock avoided")
+        calls.append((mode, nbytes))
+
+    return types.SimpleNamespace(LK_UNLCK=0, LK_NBLCK=2, locking=locking)
+
+
+def test_without_fcntl_the_writer_lock_is_msvcrts(index, corpus, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` now raises ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", _fake_msvcrt(calls))
+    index.add(corpus[:10])
+    index.save(tmp_path / "ix")
+    assert calls == [(2, 1), (0, 1)]  # locked, then unlocked
+    monkeypatch.setitem(sys.modules, "msvcrt", _fake_msvcrt(calls, held=True))
+    with pytest.raises(RuntimeError, match="another process is saving"):
+        CSRIndex.load(tmp_path / "ix").save(tmp_path / "ix")
+    assert CSRIndex.load(tmp_path / "ix").ntotal == 10
+
+
+def test_without_any_file_locking_saves_unlocked_and_says_so(index, corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    monkeypatch.setitem(sys.modules, "msvcrt", None)
+    index.add(corpus[:10])
+    with caplog.at_level(logging.WARNING, logger="csr_index"):
+        index.save(tmp_path / "ix")
+    assert "no file locking on this platform" in caplog.text and "without the writer lock" in caplog.text
+    assert CSRIndex.load(tmp_path / "ix").ntotal == 10

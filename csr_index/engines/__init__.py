@@ -17,11 +17,8 @@ name         exact   what it is
 from __future__ import annotations
 
 import inspect
-import logging
-import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..codes import SparseCodes
@@ -42,10 +39,7 @@ __all__ = [
     "engine_options",
     "make_engine",
     "resolve_engine_name",
-    "warm_up",
 ]
-
-log = logging.getLogger(__name__)
 
 ENGINES: dict[str, type[SearchEngine]] = {
     cls.name: cls for cls in (ScipyEngine, InvertedIndexEngine, PrunedEngine, TorchCSREngine)
@@ -83,32 +77,3 @@ def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
     (e.g. ``make_engine("pruned", codes, candidates=500)``)."""
     cls, options = engine_options(name, options)
     return cls(codes, **options)
-
-
-def warm_up() -> float:
-    """Compile (first run in a fresh environment, 10-30 s) or load from numba's on-disk cache the
-    kernels of the default search path — the pruned and inverted engines, one query and a
-    threaded batch, the float16 re-rank — and of encoding, so that cost is paid here, visibly, not by the
-    first search. Returns the seconds it took."""
-    from ..rerank import rerank_topn
-    from ..sparsify import encode_rows, support_rows
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    docs = SparseCodes(rng.integers(0, 16, (64, 4)).astype(np.uint16), rng.random((64, 4), np.float32), 16)
-    for nq in (1, 3):
-        terms = SparseCodes(docs.indices[:nq], docs.values[:nq], 16)
-        for batch in (QueryBatch(terms), QueryBatch(terms, dense=rng.random((nq, 16), np.float32),
-                                                    offset=np.zeros(nq, np.float32))):
-            for name in ("pruned", "inverted"):
-                make_engine(name, docs, threads=2).search(batch, 5, np.ones(64, np.float32), np.zeros(64, np.uint8))
-        rerank_topn(rng.random((nq, 8), np.float32), np.zeros((nq, 4), np.int64), rng.random((64, 8)).astype(np.float16),
-                    2, threads=2)
-    support_rows(rng.random((1, 16), np.float32), np.zeros(16, np.float32), 4)
-    gram = rng.random((16, 16), np.float32)
-    encode_rows(rng.random((600, 16), np.float32), 4, gram @ gram.T + np.eye(16, dtype=np.float32),
-                np.zeros(16, np.float32), np.zeros(16, np.float32), 0.0, refit=True)
-    seconds = time.perf_counter() - start
-    log.info("search kernels ready in %.1f s%s", seconds, " (compiled now; numba caches them for later runs)"
-             if seconds > 2 else "")
-    return seconds

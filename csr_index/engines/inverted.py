@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from ..codes import SparseCodes
+from ..threads import num_threads
 from ..validation import check_positive
 from . import kernels
 from .base import QueryBatch, SearchEngine, empty_result, kernel_vector, sparse_query_arrays
@@ -74,7 +75,7 @@ class InvertedIndexEngine(SearchEngine):
         (a single query runs serially, without asking numba)."""
         if nq <= 1:
             return 1
-        wanted = numba.get_num_threads() if self.threads is None else self.threads
+        wanted = num_threads() if self.threads is None else self.threads
         return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, nq))
 
     def workspace(self, nq: int) -> kernels.Workspace:

