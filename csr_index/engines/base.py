@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from numba import njit
 
 from ..codes import SparseCodes
 from ..validation import check_positive
-from .kernels import query_csr
+
+from .kernels import _offer, query_csr
 
 __all__ = ["QueryBatch", "SearchEngine", "empty_result", "top_entries", "sparse_query_arrays", "kernel_vector"]
 
@@ -119,28 +121,40 @@ def empty_result(nq: int, topn: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_entries(scores: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``topn`` finite entries of each row of ``scores`` (nq, n), sorted descending.
+    """Largest ``topn`` finite entries of each row of ``scores`` (nq, n), sorted descending
+    (ties: lower column first).
 
     Returns (D float32, columns int64), both (nq, topn), padded with (-inf, -1) where a
-    row has fewer finite entries. Partial selection (argpartition), never a full sort.
+    row has fewer finite entries. One compiled pass with a bounded heap per row, never a
+    sort of the row: a search merges a few short lists per query, where the numpy
+    equivalent (argpartition, argsort, five gathers) cost ~0.1 ms per call.
     """
-    nq, n = scores.shape
-    take = min(topn, n)
-    if take < n:
-        cols = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    else:
-        cols = np.broadcast_to(np.arange(n), (nq, n))
-    vals = np.take_along_axis(scores, cols, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    cols = np.take_along_axis(cols, order, axis=1).astype(np.int64)
-    vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
-    cols[~np.isfinite(vals)] = -1
-    vals[cols < 0] = -np.inf
-    if take < topn:
-        pad = topn - take
-        vals = np.pad(vals, ((0, 0), (0, pad)), constant_values=-np.inf)
-        cols = np.pad(cols, ((0, 0), (0, pad)), constant_values=-1)
-    return vals, cols
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be 2-D (nq, n), got shape {scores.shape}")
+    topn = check_positive(topn, "topn")
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float32)
+    out_d, out_i = empty_result(scores.shape[0], topn)
+    _top_rows(np.ascontiguousarray(scores), out_d, out_i)
+    return out_d, out_i
+
+
+@njit(cache=True)
+def _top_rows(scores, out_d, out_i):
+    topn = out_d.shape[1]
+    hv = np.empty(topn, dtype=np.float32)
+    hi = np.empty(topn, dtype=np.int64)
+    for q in range(scores.shape[0]):
+        size = 0
+        for j in range(scores.shape[1]):
+            v = np.float32(scores[q, j])
+            if np.isfinite(v):
+                size = _offer(hv, hi, size, v, j)
+        by_col = np.argsort(hi[:size])  # columns ascending, then a stable sort by value: ties by column
+        order = by_col[np.argsort(-hv[by_col], kind="mergesort")]
+        for r in range(size):
+            out_d[q, r] = hv[order[r]]
+            out_i[q, r] = hi[order[r]]
 
 
 def sparse_query_arrays(terms: SparseCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -29,10 +29,17 @@ class PrunedEngine(InvertedIndexEngine):
        (k look-ups per doc), and the top-n is returned.
 
     Returned scores are exact; recall depends on the terms and the three knobs and is
-    measured in ``benchmarks/speed.py``. With every knob ``None`` and no dense part the
+    measured in ``benchmarks/speed.py``. The defaults (16 terms, lists cut at 3x their mean
+    length, 800 candidates) replaced 1.5x / 1,000: on pypi-100k recall@10 of the default search
+    rose from 0.960 to 0.971 at no cost in latency (longer lists, fewer candidates to score
+    exactly), for 38 more bytes of postings per vector. With every knob ``None`` and no dense part the
     engine is exact; with a dense part only docs sharing a latent with the terms are found.
-    Below ``full_scan_below`` docs (a small segment, e.g. the latest few adds) a shortlist saves
-    nothing, and the engine scores every doc exactly instead, as Qdrant's full-scan threshold does.
+    A collection of fewer than ``full_scan_below`` docs is scored exactly, doc by doc (a shortlist
+    saves nothing there, as Qdrant's full-scan threshold says): a segment scans exactly when it
+    holds fewer than ``full_scan_below`` x ``share`` docs. A small segment of a large collection
+    (the latest few adds) takes the shortlist with its share of the budget instead (at least topn
+    candidates, its lists uncut): in a churning 100k collection a 1,000-doc segment's full scan
+    cost as much as the big segment's 800 candidates (single-query p50 -8 %, recall unchanged).
     """
 
     name = "pruned"
@@ -42,8 +49,8 @@ class PrunedEngine(InvertedIndexEngine):
         self,
         codes: SparseCodes,
         query_cut: int | None = 16,
-        candidates: int | None = 1000,
-        list_cut: float | None = 1.5,
+        candidates: int | None = 800,
+        list_cut: float | None = 3.0,
         full_scan_below: int = 4096,
         threads: int | None = None,
         values: str | None = None,
@@ -57,7 +64,7 @@ class PrunedEngine(InvertedIndexEngine):
         super().__init__(codes, threads=threads, values=values)
 
     def _list_limit(self, codes: SparseCodes) -> int | None:
-        if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment is scanned exactly
+        if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment's lists are short
             return None
         lengths = list_lengths(codes)
         return max(1, int(np.ceil(self.list_cut * lengths.sum() / max(1, np.count_nonzero(lengths)))))
@@ -67,7 +74,7 @@ class PrunedEngine(InvertedIndexEngine):
                 "full_scan_below": self.full_scan_below, **super().options()}
 
     def _search(self, queries, topn, scale, skip, share=1.0):
-        if self.n < self.full_scan_below:
+        if self.n < self.full_scan_below * share:
             return super()._search(queries, topn, scale, skip, share)
         out_d, out_i = empty_result(queries.n, topn)
         off, sc, sk = self._arrays(queries, scale, skip)
