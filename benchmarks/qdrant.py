@@ -1,9 +1,22 @@
-"""Qdrant benchmarks, three of them:
+"""Qdrant benchmarks, four of them:
 
     python benchmarks/qdrant.py scifact    # NDCG@10 through Qdrant: code only, server-side re-rank (adapter
                                            # only), local exact re-rank, sparse datatypes, dense quantization
     python benchmarks/qdrant.py stream     # streaming export of pypi-100k: rate and peak RSS growth
     python benchmarks/qdrant.py engines    # upload rate and latency: qdrant-edge vs CSRIndex's own engine
+    python benchmarks/qdrant.py versus-dense   # CSR shards against Qdrant's own dense HNSW (pypi-100k)
+
+``versus-dense`` builds, in one run and all as qdrant-edge shards searched on one thread: Qdrant's
+dense HNSW (f32; int8 scalar quantization with the originals on disk) at several ``hnsw_ef``, and
+CSR layouts (the one before issue #22, whose dense vector had a graph; the default, without one;
+a low-RAM one) at several re-rank depths and query latents. Per row: indexing time (upload, for CSR
+including encoding, + optimize until indexed), recall@10 against the exact dense top-10, p50 of one
+query per call (end to end: CSR includes query encoding), batch QPS, bytes per point in RAM and on
+disk by part (read from the segments' files and configs), and update rounds (upserts + deletes +
+optimize). The adapter is ``CSRConfig()`` trained on the corpus, cached in runs/bench-cache:
+
+    python benchmarks/qdrant.py versus-dense                              # pypi-100k, 1000 queries
+    python benchmarks/qdrant.py versus-dense --limit 20000 --nq 300 --singles 200   # a quick check
 
 ``engines`` serves the same codes of the same index from both, in the same process and run:
 
@@ -24,6 +37,9 @@ Quality is not measured here (the index may be barely trained): see ``csr-index 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -321,8 +337,6 @@ def _status(field: str) -> int:
 
 def stream_child(args: argparse.Namespace) -> None:
     """One measured export in a fresh process; prints a JSON line (rate, RSS growth over the loaded adapter)."""
-    import json
-
     from csr_index import CSREncoder
 
     spec = json.loads(args.spec)
@@ -353,8 +367,6 @@ def stream_child(args: argparse.Namespace) -> None:
 
 
 def stream(args: argparse.Namespace) -> None:
-    import json
-    import os
     import subprocess
 
     from csr_index import CSREncoder
@@ -410,16 +422,316 @@ def stream(args: argparse.Namespace) -> None:
               f"{r['end_mb']:.0f} |")
 
 
+# ================================================================ CSR in Qdrant against Qdrant's dense HNSW
+def versus_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--corpus", type=Path, default=DATA / "corpus.parquet")
+    ap.add_argument("--queries", type=Path, default=DATA / "queries.parquet")
+    ap.add_argument("--limit", type=int, default=None, help="Use the first N corpus rows (default: all).")
+    ap.add_argument("--nq", type=int, default=1000, help="Queries for recall and batch QPS.")
+    ap.add_argument("--singles", type=int, default=300, help="Queries timed one at a time (p50).")
+    ap.add_argument("--index", type=Path, default=None,
+                    help="Adapter (or index directory) to use instead of the cached one trained with the defaults.")
+    ap.add_argument("--ef", default="16,32,64,128", help="hnsw_ef values of the dense HNSW f32 shard.")
+    ap.add_argument("--sq-ef", default="32,64,96,128", help="hnsw_ef values of the dense HNSW + int8 SQ shard.")
+    ap.add_argument("--rerank", default="200,300", help="Re-rank depths R of the CSR shards.")
+    ap.add_argument("--query-k", default="32,24,16", help="Latents of the query code sent as the sparse prefetch.")
+    ap.add_argument("--update", default="0.01,0.1",
+                    help="Update rounds, one per share: upsert that share of the points with new vectors, delete "
+                         "as many others, optimize. Qdrant indexes a segment only past its indexing threshold "
+                         "(about 6,500 points of 384 floats), so small rounds time writes, larger ones re-indexing.")
+    ap.add_argument("--batch-size", type=int, default=1024, help="Points per upsert, every shard.")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where the shards go (default: a temp dir, removed).")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+PARTS = ("dense", "quantized", "graph", "sparse index", "sparse vectors", "other")
+SQ_RERANK = {"quantization_rescore": True, "oversampling": 3.0}
+"""Server re-rank over int8 vectors: the top 3 * topk by quantized score re-scored with the originals."""
+
+
+def shard_bytes(path: Path, dense: str, sparse: str) -> dict[str, list[int]]:
+    """Disk blocks used by each part of a qdrant-edge shard's segments (WAL left out), as
+    ``{part: [bytes held in RAM, bytes left on disk]}``; where a part lives is read from each
+    segment's own ``segment.json`` (storage type, index type, quantization ``always_ram``)."""
+    out = {part: [0, 0] for part in PARTS}
+    for seg in (path / "segments").iterdir():
+        if not (seg / "segment.json").is_file():
+            continue
+        config = json.loads((seg / "segment.json").read_text())["config"]
+        dv = config.get("vector_data", {}).get(dense) or {}
+        sv = config.get("sparse_vector_data", {}).get(sparse) or {}
+        quant = next(iter((dv.get("quantization_config") or {}).values()), {}) or {}
+        for f in seg.rglob("*"):
+            if not f.is_file():
+                continue
+            rel = f.relative_to(seg).as_posix()
+            if rel.startswith(f"vector_storage-{dense}/"):
+                part = "quantized" if "quantized" in rel else "dense"
+                ram = bool(quant.get("always_ram")) if part == "quantized" else dv.get("storage_type", "").startswith(
+                    "InRam")
+            elif rel.startswith(f"vector_index-{dense}/"):
+                part, ram = "graph", not ((dv.get("index") or {}).get("options") or {}).get("on_disk")
+            elif rel.startswith(f"vector_index-{sparse}/"):
+                part, ram = "sparse index", "Ram" in (sv.get("index") or {}).get("index_type", "")
+            elif rel.startswith(f"vector_storage-{sparse}/"):
+                part, ram = "sparse vectors", False  # read by plain search of small segments only
+            else:
+                part, ram = "other", not rel.startswith("payload")  # id tracker in RAM, payload mmap
+            out[part][0 if ram else 1] += f.stat().st_blocks * 512
+    return out
+
+
+def exact_top(xb: np.ndarray, xq: np.ndarray, topk: int, cache: Path | None) -> np.ndarray:
+    """Ids of the exact inner-product top-``topk`` of each query (cached as .npy when ``cache``)."""
+    if cache is not None and cache.exists():
+        return np.load(cache)
+    out = np.empty((len(xq), topk), dtype=np.int64)
+    for s in range(0, len(xq), 100):
+        scores = xq[s : s + 100] @ xb.T
+        part = np.argpartition(-scores, topk, axis=1)[:, :topk]
+        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
+        out[s : s + 100] = np.take_along_axis(part, order, 1)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, out)
+    return out
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(found, truth)]))
+
+
+class DenseShard:
+    """A qdrant-edge shard holding only the dense vectors, indexed by Qdrant's HNSW (m 16, ef_construct
+    100: Qdrant's defaults), optionally with int8 scalar quantization in RAM and the originals on disk."""
+
+    def __init__(self, path: Path, d: int, quantized: bool) -> None:
+        import qdrant_edge as qe
+
+        self.qe, self.quantized = qe, quantized
+        quant = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99, always_ram=True) if quantized else None
+        vectors = {cq.DEFAULT_DENSE_VECTOR_NAME: qe.EdgeVectorParams(d, qe.Distance.Dot, on_disk=True if quantized
+                                                                     else None, quantization_config=quant)}
+        path.mkdir(parents=True)
+        self.shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=vectors, sparse_vectors={},
+                                                                   max_search_threads=1))
+
+    def upsert(self, ids: np.ndarray, x: np.ndarray, batch_size: int) -> None:
+        qe, name = self.qe, cq.DEFAULT_DENSE_VECTOR_NAME
+        for s in range(0, len(ids), batch_size):
+            points = [qe.Point(int(i), {name: v}, None) for i, v in zip(ids[s : s + batch_size].tolist(),
+                                                                        x[s : s + batch_size].tolist())]
+            self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def delete(self, ids: np.ndarray) -> None:
+        self.shard.update(self.qe.UpdateOperation.delete_points(ids.tolist()))
+
+    def optimize(self) -> None:
+        while self.shard.optimize():  # until nothing is left to merge or index
+            pass
+        self.shard.flush()
+
+    def request(self, q: np.ndarray, topk: int, ef: int):
+        qe = self.qe
+        params = qe.SearchParams(hnsw_ef=ef, quantization=qe.QuantizationSearchParams(rescore=True)
+                                 if self.quantized else None)
+        return qe.QueryRequest(limit=topk, query=qe.Query.Nearest(q.tolist(), using=cq.DEFAULT_DENSE_VECTOR_NAME),
+                               params=params, with_payload=False, with_vector=False)
+
+    def search(self, xq: np.ndarray, topk: int, ef: int) -> np.ndarray:
+        if len(xq) == 1:
+            points = [self.shard.query(self.request(xq[0], topk, ef))]
+        else:
+            points = self.shard.query_batch(self.qe.QueryBatchRequest([self.request(q, topk, ef) for q in xq]))
+        I = np.full((len(xq), topk), -1, dtype=np.int64)
+        for row, hits in zip(I, points):
+            row[: len(hits)] = [p.id for p in hits]
+        return I
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+class CSRShard:
+    """An :class:`EdgeCollection` laid out by the integration for CSR codes plus the dense vectors that
+    re-rank them on the server; filled as a Qdrant user would: the adapter encodes, ``export_codes`` uploads."""
+
+    def __init__(self, path: Path, encoder, **layout) -> None:
+        self.encoder = encoder
+        self.edge = cq.EdgeCollection.for_index(path, encoder, dense=True, max_search_threads=1, **layout)
+        self.layout = layout
+
+    def upsert(self, ids: np.ndarray, x: np.ndarray, batch_size: int) -> None:
+        from csr_index.integrations.qdrant.metadata import index_metadata
+
+        codes = self.encoder.weigh(self.encoder.encode(x))
+        cq.export_codes(codes, ids, self.edge, dense_vectors=x, batch_size=batch_size, resume=False,
+                        metadata=index_metadata(self.encoder, cq.DEFAULT_VECTOR_NAME, cq.DEFAULT_DENSE_VECTOR_NAME),
+                        **self.layout)
+
+    def delete(self, ids: np.ndarray) -> None:
+        import qdrant_edge as qe
+
+        self.edge.shard.update(qe.UpdateOperation.delete_points(ids.tolist()))
+
+    def optimize(self) -> None:
+        while self.edge.optimize():
+            pass
+        self.edge.flush()
+
+    def search(self, xq: np.ndarray, topk: int, **options) -> np.ndarray:
+        return cq.search(self.encoder, self.edge, None, xq, topk, **options)[1]
+
+    def close(self) -> None:
+        self.edge.close()
+
+
+def versus_dense(args: argparse.Namespace) -> None:
+    """Qdrant's dense HNSW shard against CSR shards, all qdrant-edge, built and searched in this run."""
+    from common import CACHE, THREADS, cached_index, pin_threads, synthetic_mixes
+    from csr_index import CSREncoder
+
+    topk = 10
+    logging.getLogger("csr_index.integrations.qdrant.upload").setLevel(logging.ERROR)  # "points from elsewhere"
+    corpus = read_embeddings(args.corpus)
+    xb_raw = corpus.vectors[: args.limit] if args.limit else corpus.vectors
+    xq_raw = read_embeddings(args.queries).vectors[: args.nq]
+    n = len(xb_raw)
+    if args.index is not None:
+        encoder = CSREncoder.load(args.index)
+    else:  # library defaults, trained on this corpus (cached: runs/bench-cache, keyed on what changes it)
+        encoder = cached_index(args.corpus.parent.name.replace("-", ""), xb_raw, CSRConfig()).encoder
+    xb, xq = encoder.prepare(xb_raw), encoder.prepare(xq_raw, "queries")  # unit float32, what every shard gets
+    ids = np.arange(n, dtype=np.int64)
+    truth = exact_top(xb, xq, topk, CACHE / f"gt-{args.corpus.parent.name}-n{n}-q{len(xq)}.npy")
+    rounds = []  # (upserted ids, their new vectors, deleted ids) per round; a deleted point stays deleted
+    alive = np.ones(n, dtype=bool)
+    rng = np.random.default_rng(0)
+    for r, share in enumerate(float(v) for v in args.update.split(",") if v.strip()):
+        m = max(1, round(share * n))
+        changed = rng.choice(np.flatnonzero(alive), 2 * m, replace=False)
+        alive[changed[m:]] = False
+        rounds.append((np.sort(changed[:m]), encoder.prepare(synthetic_mixes(xb, m, seed=1 + r)), np.sort(changed[m:])))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="csr-qdrant-versus-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{args.corpus.parent.name}: {n:,} docs, {len(xq)} queries ({args.singles} timed one at a time); "
+          f"adapter k={encoder.k}, h={encoder.h}; update rounds of {[len(u) for u, _, _ in rounds]} upserts + "
+          f"as many deletes; "
+          f"{os.cpu_count()} CPUs, qdrant-edge {cq.EDGE_VERSION}", file=sys.stderr, flush=True)
+
+    qk_list, r_list = _ints(args.query_k), _ints(args.rerank)
+    csr_searches = [("code x code only (rerank 0)", {"rerank": 0})] + [
+        (f"R {r}, query_k {qk}", {"rerank": r, "query_k": qk}) for r in r_list for qk in qk_list]
+    layouts = [
+        ("Qdrant dense HNSW f32 (m 16, ef_construct 100)", lambda p: DenseShard(p, encoder.d, quantized=False),
+         [(f"hnsw_ef {ef}", {"ef": ef}) for ef in _ints(args.ef)]),
+        ("Qdrant dense HNSW + int8 SQ (originals on disk, rescore)", lambda p: DenseShard(p, encoder.d, quantized=True),
+         [(f"hnsw_ef {ef}", {"ef": ef}) for ef in _ints(args.sq_ef)]),
+        ("CSR, dense with HNSW graph (layout before #22)", lambda p: CSRShard(p, encoder, dense_hnsw=True),
+         [(f"R 300, query_k {encoder.k}", {"rerank": 300})]),
+        ("CSR, dense without graph (m 0), f32 in RAM", lambda p: CSRShard(p, encoder), csr_searches),
+        ("CSR, no graph, sparse f16, dense int8 SQ + originals on disk",
+         lambda p: CSRShard(p, encoder, sparse_datatype="float16", quantization="int8", dense_on_disk=True),
+         [(label, {**kw, **SQ_RERANK}) if kw["rerank"] else (label, kw) for label, kw in csr_searches]),
+    ]
+    pin_threads(1)
+    encoding = []
+    for i in range(min(args.singles, len(xq))):
+        start = time.perf_counter()
+        encoder.query_code_vectors(xq[i : i + 1])
+        encoding.append(time.perf_counter() - start)
+    encode_ms = 1e3 * float(np.median(encoding[5:] or encoding))
+    rows = []
+    for name, make, searches in layouts:
+        path = work / name.split(",")[0].replace(" ", "-") / str(len(rows))
+        shutil.rmtree(path, ignore_errors=True)
+        pin_threads(THREADS)
+        shard = make(path)
+        t0 = time.perf_counter()
+        shard.upsert(ids, xb, args.batch_size)  # CSR: encoding + validation + upload
+        t1 = time.perf_counter()
+        shard.optimize()
+        t2 = time.perf_counter()
+        parts = shard_bytes(path, cq.DEFAULT_DENSE_VECTOR_NAME, cq.DEFAULT_VECTOR_NAME)
+        build = {"upload": t1 - t0, "optimize": t2 - t1}
+        print(f"{name}: upload {build['upload']:.1f}s, optimize {build['optimize']:.1f}s", file=sys.stderr, flush=True)
+        for label, options in searches:
+            pin_threads(1)  # one query at a time on one thread (the shards search on one thread too)
+            run = (lambda q, o=options: shard.search(q, topk, **o))
+            for i in range(min(5, len(xq))):
+                run(xq[i : i + 1])
+            times = []
+            for i in range(min(args.singles, len(xq))):
+                start = time.perf_counter()
+                run(xq[i : i + 1])
+                times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            found = run(xq)
+            qps = len(xq) / (time.perf_counter() - start)
+            row = {"layout": name, "search": label, "build": build, "parts": parts, "n": n,
+                   "recall": recall_at(found, truth), "p50_ms": 1e3 * float(np.median(times)), "qps": qps}
+            rows.append(row)
+            print(f"  {label}: recall {row['recall']:.3f}, p50 {row['p50_ms']:.2f} ms, {qps:,.0f} QPS",
+                  file=sys.stderr, flush=True)
+        pin_threads(THREADS)
+        updates = []
+        for upserted, vectors, deleted in rounds:
+            t0 = time.perf_counter()
+            shard.upsert(upserted, vectors, args.batch_size)
+            shard.delete(deleted)
+            t1 = time.perf_counter()
+            shard.optimize()
+            updates.append((t1 - t0, time.perf_counter() - t1))
+            print(f"  update round of {len(upserted):,}: write {updates[-1][0]:.2f}s, optimize {updates[-1][1]:.2f}s",
+                  file=sys.stderr, flush=True)
+        for row in rows:
+            if row["layout"] == name:
+                row["updates"] = updates
+        shard.close()
+        shutil.rmtree(path, ignore_errors=True)
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print_versus(rows, n, len(xq), args.singles, [len(u) for u, _, _ in rounds], encode_ms)
+
+
+def print_versus(rows: list[dict], n: int, nq: int, singles: int, rounds: list[int], encode_ms: float) -> None:
+    def per_point(b: int) -> str:
+        return f"{b / n:,.0f}"
+
+    print(f"\n{n:,} docs, {nq} queries (p50 over {singles}, one at a time); qdrant-edge {cq.EDGE_VERSION} shards, one "
+          f"search thread; indexing = upload (CSR: + encoding) + optimize until indexed, {os.cpu_count()} CPUs; "
+          f"update rounds of {' then '.join(f'{m:,}' for m in rounds)} upserts + as many deletes, each + optimize "
+          f"(write s + optimize s). CSR p50 is end to end (cq.search): query encoding alone has p50 {encode_ms:.2f} ms")
+    print("| shard | search | indexing s (upload + optimize) | recall@10 | p50 ms | QPS | RAM B/pt | disk B/pt "
+          "| bytes/point by part (RAM; *disk) | update rounds s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        b, p = r["build"], r["parts"]
+        updates = "; ".join(f"{w + o:.2f} ({w:.2f} + {o:.2f})" for w, o in r["updates"])
+        ram, disk = sum(v[0] for v in p.values()), sum(v[1] for v in p.values())
+        by_part = ", ".join(f"{k} {'*' if v[1] > v[0] else ''}{per_point(v[0] + v[1])}" for k, v in p.items()
+                            if v[0] + v[1] >= n)  # parts under 1 B/point left out
+        print(f"| {r['layout']} | {r['search']} | {b['upload'] + b['optimize']:.1f} ({b['upload']:.1f} + "
+              f"{b['optimize']:.1f}) | {r['recall']:.3f} | {r['p50_ms']:.2f} | {r['qps']:,.0f} | {per_point(ram)} | "
+              f"{per_point(disk)} | {by_part} | {updates} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     engines_args(sub.add_parser("engines", help="qdrant-edge vs CSRIndex engine (pypi-100k)"))
     scifact_args(sub.add_parser("scifact", help="NDCG@10 through Qdrant (SciFact)"))
     stream_args(sub.add_parser("stream", help="streaming export of pypi-100k: rate and peak RSS"))
+    versus_args(sub.add_parser("versus-dense", help="CSR shards against Qdrant's dense HNSW (pypi-100k)"))
     child = sub.add_parser("_stream-child")
     child.add_argument("spec")
     args = ap.parse_args()
-    {"engines": engines, "scifact": scifact, "stream": stream, "_stream-child": stream_child}[args.what](args)
+    {"engines": engines, "scifact": scifact, "stream": stream, "versus-dense": versus_dense,
+     "_stream-child": stream_child}[args.what](args)
 
 
 if __name__ == "__main__":

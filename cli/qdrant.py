@@ -134,6 +134,9 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
 @click.option("--quantization", type=click.Choice(_STORAGE_CHOICES["quantization"]), default="none",
               show_default=True, help="Qdrant quantization of the dense vectors, kept in RAM.")
 @click.option("--dense-on-disk/--dense-in-memory", default=None, help="Dense originals on disk (mmap) or in RAM.")
+@click.option("--dense-hnsw/--no-dense-hnsw", default=None,
+              help="Build Qdrant's HNSW graph over the dense vectors (for --hybrid search); default: none "
+                   "(hnsw m=0), as re-ranking needs no graph and building it is most of the indexing time.")
 @click.option("--idf/--no-idf", default=False, show_default=True, help="Qdrant's IDF modifier on the codes.")
 @click.option("--batch-size", default=256, show_default=True, help="Points per upload request.")
 @click.option("--parallel", default=1, show_default=True, help="Upload requests in flight (remote servers).")
@@ -149,7 +152,7 @@ def _fail_cleanly(fn: Callable[[], Any]) -> Any:
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, timeout, vector_name, adapter, column,
                   id_column, key_field, read_batch_size, k_doc, payload, payload_columns, join_column, dense,
-                  sparse_datatype, dense_datatype, quantization, dense_on_disk, idf, batch_size, parallel,
+                  sparse_datatype, dense_datatype, quantization, dense_on_disk, dense_hnsw, idf, batch_size, parallel,
                   shard_number, replication_factor, write_consistency_factor, on_disk, recreate, resume, metadata,
                   quiet):
     """Upload SOURCE to a Qdrant collection (created if needed); re-run to resume.
@@ -173,7 +176,7 @@ def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, time
             c.strip() for c in payload_columns.split(",") if c.strip()]
     quantization = None if quantization == "none" else quantization
     storage = {"sparse_datatype": sparse_datatype, "dense_datatype": dense_datatype, "quantization": quantization,
-               "dense_on_disk": dense_on_disk}
+               "dense_on_disk": dense_on_disk, "dense_hnsw": dense_hnsw}
     target, name, close = _open_target(
         url, local_path, edge, collection, api_key, grpc, timeout,
         edge_options={"vector_name": vector_name, "idf": idf, "dense_size": model.d if dense else None, **storage},
@@ -212,11 +215,14 @@ def export_qdrant(source, url, local_path, edge, collection, api_key, grpc, time
                    "auto: local for a full index with originals, else server when the collection has dense vectors.")
 @click.option("--adapter-only", is_flag=True, help="Use only MODEL's adapter, even if it holds documents.")
 @click.option("--candidates", type=int, default=None, help="Points Qdrant returns per query (default: auto).")
-@click.option("--hybrid", is_flag=True, help="Fuse with dense search (RRF); needs export-qdrant --dense.")
+@click.option("--hybrid", is_flag=True,
+              help="Fuse with dense search (RRF); needs export-qdrant --dense (and --dense-hnsw, else the dense "
+                   "side scans every point).")
 @click.option("--rrf-k", default=2, show_default=True, help="RRF constant for --hybrid.")
 @click.option("--quantization-rescore/--no-quantization-rescore", default=None,
               help="Server re-rank over quantized vectors: re-score with the originals (default: Qdrant's).")
-@click.option("--oversampling", type=float, default=None, help="Quantization oversampling for the server re-rank.")
+@click.option("--oversampling", type=float, default=None,
+              help="Quantization oversampling for the server re-rank (with int8, 3 keeps the recall of float32).")
 @click.option("--key-field", default="key", show_default=True,
               help="Payload field printed instead of the point id when MODEL holds no documents.")
 @click.option("--column", default="embedding", show_default=True)

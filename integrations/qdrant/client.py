@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import qdrant_models
-from .layout import Storage, check_storage, found_client
+from .layout import Storage, check_storage, found_client, graph_client
 from .metadata import METADATA_KEY, check_export_metadata
 from .plan import QueryPlan
 from .validation import SparseRow, check_name
@@ -129,8 +129,18 @@ class ClientTarget:
                             dense.get(self.dense_name) if self.dense_name else None,
                             getattr(config, "quantization_config", None))
 
+    def dense_graph(self) -> bool | None:
+        """Whether Qdrant builds an HNSW graph over the dense vector (None without one)."""
+        config = self._info().config
+        dense = config.params.vectors if isinstance(config.params.vectors, Mapping) else {}
+        found = graph_client(dense.get(self.dense_name) if self.dense_name else None,
+                             getattr(config, "hnsw_config", None))
+        return found.get("dense_hnsw")
+
     def check_storage(self, storage: Storage) -> None:
-        check_storage(storage, self.storage(), self.describe())
+        graph = self.dense_graph()
+        check_storage(storage, {**self.storage(), **({} if graph is None else {"dense_hnsw": graph})},
+                      self.describe())
 
     def sparse_has_idf(self) -> bool:
         return _is_idf((self._info().config.params.sparse_vectors or {}).get(self.vector_name))

@@ -16,7 +16,7 @@ from typing import Any
 from csr_index.validation import check_positive
 
 from ._deps import qdrant_edge
-from .layout import Storage, check_storage, found_edge
+from .layout import Storage, check_storage, found_edge, graph_edge
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME
 from .validation import Model, check_name, encoder_of
 
@@ -68,7 +68,8 @@ class EdgeCollection:
     with a sparse vector ``vector_name`` (IDF modifier when ``idf``) and, when
     ``dense_size`` is given, a dense vector ``dense_vector_name`` (dot product) for
     hybrid search and server-side re-ranking. ``sparse_datatype``, ``dense_datatype``,
-    ``quantization`` and ``dense_on_disk`` set how vectors are stored (see :mod:`.layout`);
+    ``quantization``, ``dense_on_disk`` and ``dense_hnsw`` set how vectors are stored and indexed
+    (see :mod:`.layout`; by default the dense vector gets no HNSW graph: it only re-ranks);
     ``indexing_threshold`` (KB of vectors per segment, Qdrant's optimizer setting) is when
     ``optimize()`` turns a segment into an indexed one, which is where datatypes and
     quantization take effect. Options left as None accept whatever an existing shard has. Updates go through the shard's write-ahead log, so a process killed
@@ -93,13 +94,15 @@ class EdgeCollection:
         dense_datatype: str | None = None,
         quantization: str | None = None,
         dense_on_disk: bool | None = None,
+        dense_hnsw: bool | None = None,
         indexing_threshold: int | None = None,
     ) -> None:
         qe = qdrant_edge()
         self.path = Path(path)
-        storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk)
+        storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk, dense_hnsw)
         if storage.dense_options and dense_size is None and not (self.path / self.CONFIG_FILE).exists():
-            raise ValueError("dense_datatype, quantization and dense_on_disk need dense vectors: pass dense_size")
+            raise ValueError("dense_datatype, quantization, dense_on_disk and dense_hnsw need dense vectors: "
+                             "pass dense_size")
         if indexing_threshold is not None:
             indexing_threshold = check_positive(indexing_threshold, "indexing_threshold")
         self._layout: dict | None = None
@@ -155,6 +158,10 @@ class EdgeCollection:
         """The shard's storage options (see :mod:`.layout`), from its config file."""
         return found_edge(self.layout() or {}, self.vector_name, self.dense_vector_name)
 
+    def dense_graph(self) -> bool | None:
+        """Whether Qdrant builds an HNSW graph over the dense vector (None without one); see :mod:`.layout`."""
+        return graph_edge(self.layout() or {}, self.dense_vector_name).get("dense_hnsw")
+
     def _check_layout(self, idf: bool | None, dense_size: int | None, storage: Storage | None = None) -> None:
         layout = self.layout()
         if layout is None:
@@ -177,7 +184,8 @@ class EdgeCollection:
             if size != dense_size:
                 raise ValueError(f"qdrant-edge shard {self.path}: dense vector {self.dense_vector_name!r} has "
                                  f"size {size}, expected {dense_size}")
-        check_storage(storage, self.storage(), f"qdrant-edge shard {self.path}")
+        check_storage(storage, {**self.storage(), **graph_edge(layout, self.dense_vector_name)},
+                      f"qdrant-edge shard {self.path}")
 
     @property
     def has_idf(self) -> bool:

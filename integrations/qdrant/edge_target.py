@@ -70,6 +70,9 @@ class EdgeTarget:
     def sparse_has_idf(self) -> bool:
         return self.edge.has_idf if self.edge is not None else False
 
+    def dense_graph(self) -> bool | None:
+        return self.edge.dense_graph() if self.edge is not None else None
+
     def read_metadata(self) -> dict | None:
         return self.edge.metadata() if self.edge is not None else None
 

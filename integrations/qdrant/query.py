@@ -79,9 +79,11 @@ def search(
     candidates: points per query from the first stage; default max(topk, rerank), 10x that
         (at least 1000) for "asymmetric".
     quantization_rescore, oversampling: Qdrant's ``QuantizationSearchParams`` for server
-        re-ranking over quantized dense vectors (None: Qdrant's defaults, which do not re-score
-        in-RAM originals). ``rescore=True, oversampling=rerank/topk`` scores every candidate
-        with the originals.
+        re-ranking over quantized dense vectors (None: Qdrant's defaults, which re-score at most
+        the top ``topk``: that reorders them but brings no other candidate in). Over int8
+        vectors ``rescore=True, oversampling=3`` keeps the recall of unquantized ones (pypi 20k,
+        R = 200: recall@10 0.961 vs 0.951 with the defaults) and re-ranks faster than float32;
+        ``rescore=True, oversampling=rerank/topk`` scores every candidate with the originals.
     check: verify the collection's layout and csr_index metadata (same adapter, same value
         convention) before querying.
     """
@@ -135,15 +137,21 @@ def search(
         check_search_metadata(target.read_metadata(), encoder, where, vector_name)
         if target.sparse_has_idf():
             log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", where, vector_name)
+        if hybrid and target.dense_graph() is False:
+            log.warning("%s has no HNSW graph on %r (dense_hnsw=False, the default for re-ranking): the dense "
+                        "prefetch of hybrid search scans every point; export with dense_hnsw=True for hybrid search",
+                        where, dense_vector_name)
     plan = QueryPlan(candidates=candidates, limit=topk if server else candidates, hybrid=bool(hybrid),
                      rrf_k=rrf_k, server_rerank=server, rescore=quantization_rescore,
                      oversampling=None if oversampling is None else float(oversampling))
 
-    codes = encoder.query_code_vectors(xq, query_k)  # None: the encoder's k
+    codes = encoder.weigh(encoder.encode_prepared(xq_prepared, query_k or encoder.k)[0])  # = query_code_vectors
     sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
     D = np.full((nq, plan.limit), -np.inf, dtype=np.float32)
     I = np.full((nq, plan.limit), -1, dtype=np.int64)
-    with progress_bar(total=nq, show=progress, unit="q", desc=f"search {where}") as bar:
+    # no bar unless asked: even a disabled tqdm costs tens of microseconds, a lot for a single query
+    bar = progress_bar(total=nq, unit="q", desc=f"search {where}") if progress else None
+    try:
         for s in range(0, nq, batch_size):
             e = min(nq, s + batch_size)
             dense = xq_prepared[s:e] if hybrid or server else None
@@ -156,7 +164,11 @@ def search(
                         )
                     I[qi, j] = pid
                     D[qi, j] = sc
-            bar.update(e - s)
+            if bar is not None:
+                bar.update(e - s)
+    finally:
+        if bar is not None:
+            bar.close()
     if server:
         return D[:, :topk], I[:, :topk]
     if score == "asymmetric":

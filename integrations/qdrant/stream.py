@@ -139,6 +139,7 @@ def export_parquet(
     dense_datatype: str | None = None,
     quantization: str | None = None,
     dense_on_disk: bool | None = None,
+    dense_hnsw: bool | None = None,
     read_batch_size: int = 4096,
     batch_size: int = 256,
     parallel: int = 1,
@@ -187,9 +188,10 @@ def export_parquet(
         ("write_consistency_factor", write_consistency_factor))
     read_batch_size = check_positive(read_batch_size, "read_batch_size")
     k_doc = encoder.k if k_doc is None else check_positive(k_doc, "k_doc", encoder.k)
-    storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk)
+    storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk, dense_hnsw)
     if storage.dense_options and not dense:
-        raise ValueError("dense_datatype, quantization and dense_on_disk apply to dense vectors: pass dense=True")
+        raise ValueError("dense_datatype, quantization, dense_on_disk and dense_hnsw apply to dense vectors: "
+                         "pass dense=True")
     files = _files(source)
     kind, payload_cols, total = _plan_columns(files, column, id_column, encoder.d, payload_columns, keys_field)
     read_cols = list(dict.fromkeys([column, *payload_cols, *([id_column] if kind != "row" else [])]))

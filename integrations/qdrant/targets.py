@@ -39,6 +39,9 @@ class Backend(Protocol):
 
     def sparse_has_idf(self) -> bool: ...
 
+    def dense_graph(self) -> bool | None:
+        """Whether Qdrant builds an HNSW graph over the dense vector (None: no dense vector, or unknown)."""
+
     def read_metadata(self) -> dict | None: ...
 
     def count(self) -> int: ...

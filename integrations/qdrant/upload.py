@@ -49,6 +49,7 @@ def export(
     dense_datatype: str | None = None,
     quantization: str | None = None,
     dense_on_disk: bool | None = None,
+    dense_hnsw: bool | None = None,
     batch_size: int = 256,
     parallel: int = 1,
     shard_number: int | None = None,
@@ -89,6 +90,10 @@ def export(
         the codes ("float32" / "float16" / "uint8") and the dense vectors ("float32" /
         "float16"; quantization "int8" / "binary", kept in RAM; originals on disk): see
         :mod:`csr_index.integrations.qdrant.layout`. An existing collection must match.
+    dense_hnsw: whether Qdrant builds an HNSW graph over the dense vectors (new collection).
+        Default: no graph (the vector's ``hnsw_config`` has ``m = 0``), since server-side
+        re-ranking never walks it and building it is most of the indexing time; True for
+        hybrid search or dense-only queries, whose dense search is otherwise a full scan.
     batch_size, parallel: points per request, and requests in flight (threads;
         remote servers only: local mode and qdrant-edge upload sequentially).
     resume: skip points already present (checked per batch by id), so a re-run after
@@ -141,7 +146,7 @@ def export(
         dense_vectors=dense_vectors,
         vector_name=vector_name, dense_vector_name=dense_vector_name, idf=idf,
         sparse_datatype=sparse_datatype, dense_datatype=dense_datatype, quantization=quantization,
-        dense_on_disk=dense_on_disk, batch_size=batch_size, parallel=parallel,
+        dense_on_disk=dense_on_disk, dense_hnsw=dense_hnsw, batch_size=batch_size, parallel=parallel,
         shard_number=shard_number, replication_factor=replication_factor,
         write_consistency_factor=write_consistency_factor, on_disk=on_disk,
         collection_options=collection_options, recreate=recreate, resume=resume, wait=wait,
@@ -165,6 +170,7 @@ def export_codes(
     dense_datatype: str | None = None,
     quantization: str | None = None,
     dense_on_disk: bool | None = None,
+    dense_hnsw: bool | None = None,
     batch_size: int = 256,
     parallel: int = 1,
     shard_number: int | None = None,
@@ -194,9 +200,10 @@ def export_codes(
     batch_size, parallel = check_upload_options(
         batch_size, parallel, max_retries, ("shard_number", shard_number), ("replication_factor", replication_factor),
         ("write_consistency_factor", write_consistency_factor))
-    storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk)
+    storage = Storage(sparse_datatype, dense_datatype, quantization, dense_on_disk, dense_hnsw)
     if storage.dense_options and dense_vectors is None:
-        raise ValueError("dense_datatype, quantization and dense_on_disk apply to dense vectors: pass dense vectors")
+        raise ValueError("dense_datatype, quantization, dense_on_disk and dense_hnsw apply to dense vectors: "
+                         "pass dense vectors")
 
     # ---- validate everything before the first request
     point_ids, nonempty = validate_codes(codes, ids, normalize)
