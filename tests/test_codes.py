@@ -134,6 +134,22 @@ def test_encode_is_deterministic_and_batch_independent(index, corpus):
     np.testing.assert_allclose(rows.values, whole.values[17:18], rtol=1e-5, atol=1e-6)
 
 
+def test_a_few_rows_encode_as_in_a_batch(index, corpus):
+    """Up to FEW_ROWS rows take the numpy + compiled path (no torch); larger batches the torch
+    product: same supports, values and reconstruction norms for every row."""
+    from csr_index.encoder import FEW_ROWS
+
+    enc = index.encoder
+    xs = enc.prepare(corpus[:64])
+    assert len(xs) > FEW_ROWS
+    whole, whole_norms = enc.encode_prepared(xs, index.k)
+    for s in range(0, 64, 8):
+        part, norms = enc.encode_prepared(xs[s : s + 8], index.k)
+        np.testing.assert_array_equal(part.indices, whole.indices[s : s + 8])
+        np.testing.assert_allclose(part.values, whole.values[s : s + 8], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(norms, whole_norms[s : s + 8], rtol=1e-5, atol=1e-5)
+
+
 def test_decode_is_codes_times_w_plus_pre_bias(index, corpus):
     codes = index.encode(corpus[:40])
     W = index.adapter.W.detach().numpy()
