@@ -631,7 +631,7 @@ def versus_dense(args: argparse.Namespace) -> None:
          [(f"hnsw_ef {ef}", {"ef": ef}) for ef in _ints(args.ef)]),
         ("Qdrant dense HNSW + int8 SQ (originals on disk, rescore)", lambda p: DenseShard(p, encoder.d, quantized=True),
          [(f"hnsw_ef {ef}", {"ef": ef}) for ef in _ints(args.sq_ef)]),
-        ("CSR, dense with HNSW graph (layout before #22)", lambda p: CSRShard(p, encoder, dense_hnsw=True),
+        ("CSR, dense with HNSW graph (the layout before this release)", lambda p: CSRShard(p, encoder, dense_hnsw=True),
          [(f"R 300, query_k {encoder.k}", {"rerank": 300})]),
         ("CSR, dense without graph (m 0), f32 in RAM", lambda p: CSRShard(p, encoder), csr_searches),
         ("CSR, no graph, sparse f16, dense int8 SQ + originals on disk",
