@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from csr_index.evaluation import read_qrels
+from csr_index.rerank import exact_topn
 from csr_index.io import read_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,3 +125,15 @@ def save_figure(fig, path, dpi: int = 120) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     print(f"plot written to {path}")
+
+
+def exact_ids(xb: np.ndarray, xq: np.ndarray, topk: int, cache: Path | None = None) -> np.ndarray:
+    """Ids (nq, topk) of the exact inner-product top-``topk`` of each query: the library's bounded-
+    memory flat scan (:func:`csr_index.rerank.exact_topn`), cached as .npy at ``cache`` when given."""
+    if cache is not None and cache.exists():
+        return np.load(cache)
+    ids = exact_topn(xq, xb, topk)[1]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, ids)
+    return ids

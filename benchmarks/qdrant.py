@@ -484,22 +484,6 @@ def shard_bytes(path: Path, dense: str, sparse: str) -> dict[str, list[int]]:
     return out
 
 
-def exact_top(xb: np.ndarray, xq: np.ndarray, topk: int, cache: Path | None) -> np.ndarray:
-    """Ids of the exact inner-product top-``topk`` of each query (cached as .npy when ``cache``)."""
-    if cache is not None and cache.exists():
-        return np.load(cache)
-    out = np.empty((len(xq), topk), dtype=np.int64)
-    for s in range(0, len(xq), 100):
-        scores = xq[s : s + 100] @ xb.T
-        part = np.argpartition(-scores, topk, axis=1)[:, :topk]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
-        out[s : s + 100] = np.take_along_axis(part, order, 1)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, out)
-    return out
-
-
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
     return float(np.mean([len(set(a[:k].tolist()) & set(b.tolist())) / k for a, b in zip(found, truth)]))
@@ -592,7 +576,7 @@ class CSRShard:
 
 def versus_dense(args: argparse.Namespace) -> None:
     """Qdrant's dense HNSW shard against CSR shards, all qdrant-edge, built and searched in this run."""
-    from common import CACHE, THREADS, cached_index, pin_threads, synthetic_mixes
+    from common import CACHE, THREADS, cached_index, exact_ids, pin_threads, synthetic_mixes
     from csr_index import CSREncoder
 
     topk = 10
@@ -607,7 +591,7 @@ def versus_dense(args: argparse.Namespace) -> None:
         encoder = cached_index(args.corpus.parent.name.replace("-", ""), xb_raw, CSRConfig()).encoder
     xb, xq = encoder.prepare(xb_raw), encoder.prepare(xq_raw, "queries")  # unit float32, what every shard gets
     ids = np.arange(n, dtype=np.int64)
-    truth = exact_top(xb, xq, topk, CACHE / f"gt-{args.corpus.parent.name}-n{n}-q{len(xq)}.npy")
+    truth = exact_ids(xb, xq, topk, CACHE / f"gt-{args.corpus.parent.name}-n{n}-q{len(xq)}.npy")
     rounds = []  # (upserted ids, their new vectors, deleted ids) per round; a deleted point stays deleted
     alive = np.ones(n, dtype=bool)
     rng = np.random.default_rng(0)

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, ROOT  # noqa: E402
+from common import DATA, ROOT, exact_ids  # noqa: E402
 from csr_index import CSRConfig, CSREncoder  # noqa: E402
 from csr_index.io import read_embeddings  # noqa: E402
 from csr_index.train import train_adapter  # noqa: E402
@@ -49,21 +49,6 @@ def load_pypi():
     xb = read_embeddings(DATA / "pypi-100k" / "corpus.parquet").vectors.astype(np.float32)
     xq = read_embeddings(DATA / "pypi-100k" / "queries.parquet").vectors.astype(np.float32)
     return xb, xq
-
-
-def ground_truth(xb, xq):
-    path = OUT / "gt-pypi100k.npy"
-    if path.exists():
-        return np.load(path)
-    gt = np.empty((len(xq), TOPK), dtype=np.int64)
-    for s in range(0, len(xq), 200):
-        sc = xq[s:s + 200] @ xb.T
-        part = np.argpartition(-sc, TOPK, axis=1)[:, :TOPK]
-        order = np.argsort(-np.take_along_axis(sc, part, 1), axis=1)
-        gt[s:s + 200] = np.take_along_axis(part, order, 1)
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.save(path, gt)
-    return gt
 
 
 def recall(found, gt):
@@ -206,7 +191,7 @@ def main():
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     xb, xq = load_pypi()
-    gt = ground_truth(xb, xq)
+    gt = exact_ids(xb, xq, TOPK, OUT / "gt-pypi100k.npy")
     # the study ran on the long schedule, before the fast build and the final settling of the cap
     cfg = CSRConfig.long(steps=args.steps, h=args.h, device="cpu", balance_settle=False, **json.loads(args.config))
     if args.update == "uniform":

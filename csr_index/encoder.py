@@ -196,18 +196,21 @@ class CSREncoder:
         """Codes (float32 values) of prepared vectors at ``k`` latents, and the L2 norms of
         their reconstructions (float32, n). ``refit`` defaults to ``config.refit``.
 
-        Each batch is one product to pre-activations (torch), then on a CPU the compiled
-        per-row kernel of :mod:`csr_index.sparsify` (top-k, refit, norms); on a GPU, or above
-        GRAM_MAX_H, the same steps in torch."""
+        Each batch is one product to pre-activations (torch; numpy for up to FEW_ROWS rows), then
+        on a CPU the compiled per-row kernel of :mod:`csr_index.sparsify` (top-k, refit, norms);
+        on a GPU, or above GRAM_MAX_H, the same steps in torch."""
         adapter = self.require_trained()
         refit = self.config.refit if refit is None else refit
         tables = self._gram_tables()
         compiled = tables is not None and self.device.type == "cpu"
-        if compiled and len(xs) <= FEW_ROWS:
-            return self._encode_few(xs, k, refit)
+        if compiled and len(xs) <= FEW_ROWS:  # a few queries: a numpy product, no torch call (~0.5 ms for one)
+            WT, shift = self._cpu_tables()[:2]
+            pre = xs @ WT
+            pre += shift
+            indices, values, norms = self._encode_compiled(pre, k, refit)
+            return SparseCodes(indices, values, self.h), norms.astype(np.float32)
         with torch.inference_mode():  # W pre_bias: the cached table when there is one (not a product per call)
             shift = adapter.latent_bias - (tables[1] if tables is not None else adapter.W @ adapter.pre_bias)
-            select = adapter.selection_bias.cpu().numpy() if bool(adapter.selection_bias.any()) else None
         step = self.batch_size(k)
         idx_parts, val_parts, norm_parts = [], [], []
         starts = range(0, len(xs), step)
@@ -220,10 +223,7 @@ class CSREncoder:
                 xb = self._tensor(xs[s : s + step])
                 pre = torch.addmm(shift, xb, adapter.W.T, out=buffer[: len(xb)])  # = preactivations, one pass
                 if compiled:
-                    gram, w_bias = tables
-                    indices, values, norms = encode_rows(
-                        pre.numpy(), k, gram.numpy(), adapter.latent_bias.numpy(), w_bias.numpy(),
-                        float(adapter.pre_bias.pow(2).sum()), refit, select=select, index_dtype=index_dtype(self.h))
+                    indices, values, norms = self._encode_compiled(pre.numpy(), k, refit)
                 else:
                     values, indices, norms = self._encode_torch(adapter, pre, k, refit, tables)
                 idx_parts.append(indices)
@@ -232,30 +232,25 @@ class CSREncoder:
         codes = SparseCodes(np.concatenate(idx_parts), np.concatenate(val_parts), self.h)
         return codes, np.concatenate(norm_parts).astype(np.float32)
 
-    def _encode_few(self, xs: np.ndarray, k: int, refit: bool) -> tuple[SparseCodes, np.ndarray]:
-        """:meth:`encode_prepared` of a few rows on the CPU: the same product and compiled kernel,
-        from numpy tables cached per adapter (a single query's torch calls and table
-        conversions cost ~0.5 ms, several times the product itself)."""
-        WT, shift, select, latent_bias, w_bias, bias_sq, gram = self._few_tables()
-        pre = xs @ WT
-        pre += shift
-        indices, values, norms = encode_rows(pre, k, gram, latent_bias, w_bias, bias_sq, refit, select=select,
-                                             index_dtype=index_dtype(self.h))
-        return SparseCodes(indices, values, self.h), norms.astype(np.float32)
+    def _encode_compiled(self, pre: np.ndarray, k: int, refit: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices, values, norms) of pre-activations ``pre`` (n, h) by the compiled CPU kernel."""
+        select, latent_bias, w_bias, bias_sq, gram = self._cpu_tables()[2:]
+        return encode_rows(pre, k, gram, latent_bias, w_bias, bias_sq, refit, select=select,
+                           index_dtype=index_dtype(self.h))
 
-    def _few_tables(self) -> tuple:
-        """numpy copies of what :meth:`_encode_few` reads: W^T (d, h), the pre-activation shift
-        ``latent_bias - W pre_bias``, the selection bias (None when zero), latent_bias, W pre_bias,
-        ||pre_bias||^2 and W W^T."""
-        if "few" not in self._derived:
+    def _cpu_tables(self) -> tuple:
+        """numpy copies, per adapter, of what the CPU encoding path reads: W^T (d, h), the
+        pre-activation shift ``latent_bias - W pre_bias``, the selection bias (None when zero),
+        latent_bias, W pre_bias, ||pre_bias||^2 and W W^T."""
+        if "cpu" not in self._derived:
             a = self.require_trained()
             gram, w_bias = self._gram_tables()
             with torch.inference_mode():
                 select = a.selection_bias.detach().cpu().numpy() if bool(a.selection_bias.any()) else None
-                self._derived["few"] = (self._query_tables()[0], (a.latent_bias - w_bias).detach().cpu().numpy(),
+                self._derived["cpu"] = (self._query_tables()[0], (a.latent_bias - w_bias).detach().cpu().numpy(),
                                         select, a.latent_bias.detach().cpu().numpy(), w_bias.detach().cpu().numpy(),
                                         float(a.pre_bias.pow(2).sum()), gram.detach().cpu().numpy())
-        return self._derived["few"]
+        return self._derived["cpu"]
 
     def _encode_torch(self, adapter: SparseAdapter, pre: torch.Tensor, k: int, refit: bool,
                       tables: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,8 +28,7 @@ from numba import njit
 
 from ..codes import SparseCodes
 from ..validation import check_positive
-
-from .kernels import _offer, query_csr
+from .kernels import _emit, _offer, query_csr
 
 __all__ = ["QueryBatch", "SearchEngine", "empty_result", "top_entries", "sparse_query_arrays", "kernel_vector"]
 
@@ -121,8 +120,7 @@ def empty_result(nq: int, topn: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_entries(scores: np.ndarray, topn: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``topn`` finite entries of each row of ``scores`` (nq, n), sorted descending
-    (ties: lower column first).
+    """Largest ``topn`` finite entries of each row of ``scores`` (nq, n), sorted descending.
 
     Returns (D float32, columns int64), both (nq, topn), padded with (-inf, -1) where a
     row has fewer finite entries. One compiled pass with a bounded heap per row, never a
@@ -150,11 +148,7 @@ def _top_rows(scores, out_d, out_i):
             v = np.float32(scores[q, j])
             if np.isfinite(v):
                 size = _offer(hv, hi, size, v, j)
-        by_col = np.argsort(hi[:size])  # columns ascending, then a stable sort by value: ties by column
-        order = by_col[np.argsort(-hv[by_col], kind="mergesort")]
-        for r in range(size):
-            out_d[q, r] = hv[order[r]]
-            out_i[q, r] = hi[order[r]]
+        _emit(hv, hi, size, out_d[q], out_i[q])
 
 
 def sparse_query_arrays(terms: SparseCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
