@@ -50,8 +50,10 @@ def main() -> None:
 @click.option("--id-column", default="id", show_default=True, help="Parquet column with ids (int) or keys (str).")
 @click.option("--metric", type=click.Choice(["cosine", "ip"]), default="cosine", show_default=True)
 @click.option("--store-vectors/--no-store-vectors", default=True, show_default=True,
-              help="Keep float16 originals for exact re-ranking.")
+              help="Keep the originals for exact re-ranking.")
 @click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float16", show_default=True)
+@click.option("--vectors-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+              help="How the originals are kept: float16, or int8 with a float32 scale per vector (half the bytes).")
 @click.option("--schedule", type=click.Choice(["fast", "long"]), default="fast", show_default=True,
               help="Training schedule: the fast default (a data-driven start, 800 steps), or CSRConfig.long() "
                    "(random start, 2,000-5,000 steps of 1,024; minutes to hours on a CPU).")
@@ -64,8 +66,9 @@ def main() -> None:
 @click.option("--device", default=None, help="Training device (default: cuda if available).")
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 @text_options
-def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype, schedule,
-          steps, max_train, batch_rows, seed, device, quiet, text_column, text_model, embed_batch_size):
+def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype,
+          vectors_dtype, schedule, steps, max_train, batch_rows, seed, device, quiet, text_column, text_model,
+          embed_batch_size):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index.
 
     The file is read in batches: training uses a random sample of at most --max-train rows,
@@ -86,7 +89,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
                         **({} if steps is None else {"steps": steps}))
         config = CSRConfig.long(**settings) if schedule == "long" else CSRConfig(**settings)
         index = CSRIndex(source.dim, k=k, h=h, k_doc=k_doc, metric=metric, store_vectors=store_vectors,
-                         values_dtype=values_dtype, config=config, progress=not quiet)
+                         values_dtype=values_dtype, vectors_dtype=vectors_dtype, config=config, progress=not quiet)
         seconds = build_from_file(index, source, batch_rows=batch_rows, progress=not quiet)
         start = time.perf_counter()
         index.save(out, overwrite=True)  # a build replaces the index already at --output (check_writable vetted it)
@@ -176,7 +179,7 @@ def evaluate(index_path, queries, qrels, corpus, query_k, column, id_column, qui
 
 
 def _dense_baseline(index, xq, corpus, column, id_column, depth):
-    """Exact dense top-``depth``: from the corpus file, else from the stored float16 originals."""
+    """Exact dense top-``depth``: from the corpus file, else from the stored originals."""
     if corpus is not None:
         emb = read_vectors(corpus, column, id_column)
         xb, ids = emb.vectors, emb.ids

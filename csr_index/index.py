@@ -20,7 +20,7 @@ from .errors import CorruptIndexError, IndexFormatError
 from .manifest import manifest_generation, read_manifest
 from .scoring import SCORES, default_rerank
 from .searcher import first_occurrences, rescore_codes, rescore_exact, search_codes, search_exact
-from .segment import Segment
+from .segment import VECTORS_DTYPES, Segment, store_originals
 from .st_model import encoder_from_sentence_transformers
 from .stats import index_stats
 from .storage import read_segments, write_index
@@ -42,21 +42,25 @@ class CSRIndex:
     ``k`` / ``h``: latents per code and code width (default 32 and 4 * d; or in ``config``,
     not differently in both). ``k_doc``: latents per *stored* code (default ``k``).
     ``metric``: ``"cosine"`` (vectors L2-normalised) or ``"ip"``. ``store_vectors``: keep
-    float16 originals so search re-ranks its shortlist exactly (default True).
-    ``values_dtype``: stored code values, float32 or float16. ``engine``: see
+    the originals so search re-ranks its shortlist exactly (default True), as ``vectors_dtype``
+    ``"float16"`` or ``"int8"`` (plus a float32 scale per vector: half the bytes; exact scores are
+    then the dequantised vectors'). ``values_dtype``: stored code values, float32 or float16. ``engine``: see
     :meth:`set_engine`. Searches are safe from many threads while one thread adds,
     removes or saves: each search reads one snapshot of the segments.
     """
 
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
                  metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float16",
-                 config: CSRConfig | None = None, progress: bool = False, engine: str = "auto") -> None:
+                 vectors_dtype: str = "float16", config: CSRConfig | None = None, progress: bool = False,
+                 engine: str = "auto") -> None:
         self.encoder = CSREncoder(d, k, h, metric=metric, config=config, progress=progress)
         self._k_doc = self.k if k_doc is None else check_positive(k_doc, "k_doc", self.k)
-        if values_dtype not in ("float32", "float16"):
-            raise ValueError(f"values_dtype must be 'float32' or 'float16', got {values_dtype!r}")
+        for name, value, allowed in (("values_dtype", values_dtype, ("float32", "float16")),
+                                     ("vectors_dtype", vectors_dtype, VECTORS_DTYPES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.store_vectors = bool(store_vectors)
-        self.values_dtype = np.dtype(values_dtype)
+        self.values_dtype, self.vectors_dtype = np.dtype(values_dtype), np.dtype(vectors_dtype)
         self._store = RowStore()
         self._saves: dict[str, int] = {}  # index directory -> its save count when this handle last loaded/saved it
         self.set_engine(engine)
@@ -132,16 +136,14 @@ class CSRIndex:
         new_ids = as_ids(ids, len(xs))
         if keys is not None and len(keys) != len(xs):
             raise ValueError(f"keys has {len(keys)} entries but there are {len(xs)} vectors")
-        if self.store_vectors and max(xs.max(), -xs.min()) > np.finfo(np.float16).max:  # checked before encoding
-            raise ValueError(f"vector components up to {max(xs.max(), -xs.min()):.3g} overflow the float16 originals "
-                             "(max 65504); scale the vectors or use store_vectors=False")
+        vectors, scales = store_originals(xs, str(self.vectors_dtype)) if self.store_vectors else (None, None)
         codes, norms = self.encoder.encode_prepared(xs, self.k_doc)
         if self.values_dtype == np.float16 and codes.values.size and codes.values.max() > np.finfo(np.float16).max:
             raise ValueError(f"code values up to {codes.values.max():.3g} overflow float16 (max 65504); "
                              "use values_dtype='float32' or normalise the vectors")
         codes = SparseCodes(codes.indices, codes.values.astype(self.values_dtype), self.h)
-        segment = Segment(new_ids, codes, norms, xs.astype(np.float16) if self.store_vectors else None,
-                          pa.array([str(k) for k in keys], type=pa.string()) if keys is not None else None)
+        keys = pa.array([str(k) for k in keys], type=pa.string()) if keys is not None else None
+        segment = Segment(new_ids, codes, norms, vectors, keys, scales=scales)
         replaced = self._store.add(segment, replace_existing=upsert)
         log.info("added %d vectors (%d replaced, ntotal=%d)", len(xs), replaced, self.ntotal)
 
@@ -192,11 +194,13 @@ class CSRIndex:
         return self.encoder.weigh(self.codes())
 
     def vectors(self) -> np.ndarray:
-        """The stored float16 originals (n, d), in the order of :attr:`ids` (needs store_vectors=True)."""
+        """The stored originals (n, d), in the order of :attr:`ids` (needs store_vectors=True): float16 as
+        stored; int8 ones (``vectors_dtype="int8"``) dequantised to float32 (codes times scales, a copy)."""
         if not self.store_vectors:
             raise ValueError("this index does not store the original vectors (store_vectors=False)")
-        parts = self._store.snapshot.live("vectors")
-        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty((0, self.d), np.float16)
+        parts = self._store.snapshot.live("originals")
+        dtype = np.float32 if self.vectors_dtype == np.int8 else np.float16
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty((0, self.d), dtype)
 
     # ---------------------------------------------------------------- search
     def set_engine(self, engine: str = "auto", **options: Any) -> "CSRIndex":
@@ -271,7 +275,8 @@ class CSRIndex:
         """Sizes and latent usage: memory per vector by part (with the posting lists of the engine
         searches use, built now if no search has yet), unused latents, the busiest latent's share."""
         return index_stats(self._store.snapshot, self._engine_spec, self.encoder, k_doc=self.k_doc,
-                           store_vectors=self.store_vectors, values_dtype=self.values_dtype)
+                           store_vectors=self.store_vectors, values_dtype=self.values_dtype,
+                           vectors_dtype=self.vectors_dtype)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
@@ -283,7 +288,8 @@ class CSRIndex:
         process after this one loaded or last saved it (a last-save-wins would drop that save's
         rows). ``overwrite=True`` replaces whatever index ``path`` holds, without either check."""
         self.encoder.require_trained()
-        settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype)}
+        settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype),
+                    **({"vectors_dtype": "int8"} if self.vectors_dtype == np.int8 else {})}  # absent: float16
         with self._store.lock:
             snap = self._store.snapshot
             key = str(Path(path).resolve())

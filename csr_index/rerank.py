@@ -4,9 +4,9 @@
 N * d; only those rows of the originals are read, as faiss IndexRefineFlat does).
 :func:`exact_topn` scans every stored vector in blocks, for exact search and evaluation
 baselines, with memory bounded by the block size whatever the number of queries or rows.
-The originals may be float32, float16 (as :class:`CSRIndex` stores them, memory-mapped
-after ``load``) or int8 with one float32 scale per vector (:func:`quantize_int8`: 4x
-smaller than float32, 2x smaller than float16).
+The originals may be float32, float16 (as :class:`CSRIndex` stores them by default,
+memory-mapped after ``load``) or int8 with one float32 scale per vector (:func:`quantize_int8`:
+4x smaller than float32, 2x smaller than float16; ``CSRIndex(vectors_dtype="int8")``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .engines.kernels import LUT, PREFETCH_AHEAD, _emit, _offer, prefetch, value
 from .threads import num_threads, use_threadsafe_layer
 from .validation import check_positive
 
-__all__ = ["quantize_int8", "rerank_topn", "exact_topn"]
+__all__ = ["quantize_int8", "dequantize_int8", "rerank_topn", "exact_topn"]
 
 SCAN_ELEMENTS = 1 << 22
 """Scores held at once by :func:`exact_topn` (queries x rows of one block): 16 MiB of float32."""
@@ -37,6 +37,11 @@ def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales > 0)
     codes = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
     return codes, scales.astype(np.float32)
+
+
+def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 vectors ``codes * scales[:, None]`` from :func:`quantize_int8`'s output."""
+    return np.asarray(codes, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
 
 
 @njit(cache=True)
@@ -117,21 +122,27 @@ def rerank_topn(
 
 
 def exact_topn(
-    queries: np.ndarray, vectors: np.ndarray, topn: int, skip: np.ndarray | None = None
+    queries: np.ndarray, vectors: np.ndarray, topn: int, skip: np.ndarray | None = None,
+    scales: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``topn`` rows of ``vectors`` (n, d; float32 or float16) by inner product with
-    ``queries`` (nq, d), leaving out rows where ``skip`` (n,) is non-zero.
+    """Exact top ``topn`` rows of ``vectors`` (n, d; float32, float16, or int8 with one float32
+    scale per row in ``scales``, see :func:`quantize_int8`) by inner product with ``queries``
+    (nq, d), leaving out rows where ``skip`` (n,) is non-zero.
 
-    Rows are scanned in blocks (BLAS products of float32 copies of one block at a time),
-    and the running best ``topn`` of each query merged with each block's: memory stays
-    near ``SCAN_ELEMENTS`` scores plus one block, never nq * n. Returns (D float32,
-    rows int64), (nq, topn), sorted descending, padded with (-inf, -1).
+    Rows are scanned in blocks (BLAS products of float32 copies of one block at a time, times
+    the block's scales when given), and the running best ``topn`` of each query merged with each
+    block's: memory stays near ``SCAN_ELEMENTS`` scores plus one block, never nq * n. Returns
+    (D float32, rows int64), (nq, topn), sorted descending, padded with (-inf, -1).
     """
     topn = check_positive(topn, "topn")
     q = np.ascontiguousarray(queries, dtype=np.float32)
     if q.ndim != 2 or vectors.ndim != 2 or vectors.shape[1] != q.shape[1]:
         raise ValueError(f"queries (nq, d) and vectors (n, d) do not match: {q.shape}, {vectors.shape}")
     n = vectors.shape[0]
+    if (vectors.dtype == np.int8 or scales is not None) and np.shape(scales) != (n,):
+        raise ValueError(f"int8 vectors need one float32 scale per vector (see quantize_int8): {n} vectors, "
+                         f"scales of shape {np.shape(scales) if scales is not None else None}")
+    sc = None if scales is None else np.asarray(scales, dtype=np.float32)
     best_d, best_i = empty_result(len(q), topn)
     q_step = max(1, min(len(q), SCAN_ELEMENTS // 1024))
     row_step = max(1024, SCAN_ELEMENTS // q_step)
@@ -141,6 +152,8 @@ def exact_topn(
         for r0 in range(0, n, row_step):
             block = np.asarray(vectors[r0 : r0 + row_step], dtype=np.float32)
             scores = qb @ block.T
+            if sc is not None:
+                scores *= sc[r0 : r0 + row_step]
             if skip is not None:
                 scores[:, np.asarray(skip[r0 : r0 + row_step]) != 0] = -np.inf
             d, cols = top_entries(scores, topn)

@@ -78,7 +78,7 @@ def _rerank(snap: "Snapshot", xq: np.ndarray, where: np.ndarray, rows: np.ndarra
     for i, seg in enumerate(snap.segments):
         mine = rows if len(snap.segments) == 1 else np.where(where == i, rows, -1)
         if len(snap.segments) == 1 or (mine >= 0).any():
-            D, r = rerank_topn(xq, mine, seg.vectors, topk)
+            D, r = rerank_topn(xq, mine, seg.vectors, topk, scales=seg.scales)
             parts.append((D, _ids(seg.ids, r)))
     return merge(parts, len(xq), topk)
 
@@ -87,7 +87,7 @@ def search_exact(snap: "Snapshot", xq: np.ndarray, topk: int) -> tuple[np.ndarra
     """Exact search over every stored original (a flat scan in bounded memory)."""
     parts = []
     for seg, dead in zip(snap.segments, snap.deleted):
-        D, rows = exact_topn(xq, seg.vectors, topk, dead)
+        D, rows = exact_topn(xq, seg.vectors, topk, dead, scales=seg.scales)
         parts.append((D, _ids(seg.ids, rows)))
     return merge(parts, len(xq), topk)
 

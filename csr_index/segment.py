@@ -21,8 +21,12 @@ import pyarrow as pa
 from .codes import SparseCodes, index_dtype
 from .engines import SearchEngine, make_engine
 from .errors import CorruptIndexError
+from .rerank import dequantize_int8, quantize_int8
 
-__all__ = ["Segment", "EngineSpec", "fixed_size_column"]
+__all__ = ["Segment", "EngineSpec", "fixed_size_column", "VECTORS_DTYPES", "store_originals"]
+
+VECTORS_DTYPES = ("float16", "int8")
+"""How a segment may hold the originals: float16, or int8 with one float32 scale per row."""
 
 EngineSpec = tuple[str, tuple[tuple[str, Any], ...]]
 """An engine name and its options, hashable: ``("pruned", (("candidates", 500),))``."""
@@ -30,7 +34,9 @@ EngineSpec = tuple[str, tuple[tuple[str, Any], ...]]
 
 class Segment:
     """``n`` stored rows: ``ids`` int64 (n,), ``codes`` (n, k_doc), ``norms`` float32 (n,) — the
-    L2 norm of each code's reconstruction —, optional float16 originals (n, d) and string keys."""
+    L2 norm of each code's reconstruction —, optional originals (n, d), float16 or int8 (then with
+    ``scales`` float32 (n,): row i is ``vectors[i] * scales[i]``, see :func:`store_originals`),
+    and optional string keys."""
 
     def __init__(
         self,
@@ -41,12 +47,16 @@ class Segment:
         keys: pa.Array | None = None,
         name: str | None = None,
         files: dict[str, Any] | None = None,
+        scales: np.ndarray | None = None,
     ) -> None:
         n = len(ids)
         if codes.n != n or len(norms) != n or (vectors is not None and len(vectors) != n) or (
-                keys is not None and len(keys) != n):
+                keys is not None and len(keys) != n) or (scales is not None and len(scales) != n):
             raise ValueError("a segment's columns must all have one row per id")
+        if (vectors is not None and vectors.dtype == np.int8) != (scales is not None):
+            raise ValueError("int8 originals need one scale per row (and only int8 originals have scales)")
         self.ids, self.codes, self.norms, self.vectors, self.keys = ids, codes, norms, vectors, keys
+        self.scales = scales
         self.name = name or uuid.uuid4().hex[:12]
         self.files: dict[str, Any] = dict(files or {})
         """Where the segment is saved: role -> {name, bytes, sha256} (empty until saved)."""
@@ -66,6 +76,11 @@ class Segment:
     @property
     def n(self) -> int:
         return len(self.ids)
+
+    @property
+    def originals(self) -> np.ndarray | None:
+        """The stored originals as numbers: float16 as held, or int8 rows dequantised to float32 (a copy)."""
+        return self.vectors if self.scales is None else dequantize_int8(self.vectors, self.scales)
 
     def __repr__(self) -> str:
         return f"Segment({self.name}, n={self.n}, saved={bool(self.files)})"
@@ -102,13 +117,15 @@ class Segment:
             return self._scales[mode]
 
     def nbytes(self, spec: EngineSpec) -> dict[str, int]:
-        """Bytes held per part: codes, ids, norms, vectors, keys, and the structures of the search
-        engine ``spec`` (posting lists, copies of the codes), which is built now if no search has yet."""
+        """Bytes held per part: codes, ids, norms, vectors (with int8 originals' scales), keys, and the
+        structures of the search engine ``spec`` (posting lists, copies of the codes), which is built
+        now if no search has yet."""
         return {
             "codes": int(self.codes.indices.nbytes + self.codes.values.nbytes),
             "ids": int(self.ids.nbytes + (0 if self._order is None else self._order.nbytes + self._sorted.nbytes)),
             "norms": int(self.norms.nbytes),
-            "vectors": int(self.vectors.nbytes) if self.vectors is not None else 0,
+            "vectors": (int(self.vectors.nbytes) if self.vectors is not None else 0)
+            + (int(self.scales.nbytes) if self.scales is not None else 0),
             "keys": int(self.keys.nbytes) if self.keys is not None else 0,
             "postings": int(self.engine(spec).nbytes),
         }
@@ -130,8 +147,12 @@ class Segment:
             columns["key"] = self.keys
         out = {"codes": pa.table(columns)}
         if self.vectors is not None:
-            flat = pa.array(np.ascontiguousarray(self.vectors, dtype=np.float16).ravel())
-            out["vectors"] = pa.table({"vector": pa.FixedSizeListArray.from_arrays(flat, self.vectors.shape[1])})
+            dtype = np.int8 if self.scales is not None else np.float16
+            flat = pa.array(np.ascontiguousarray(self.vectors, dtype=dtype).ravel())
+            vectors = {"vector": pa.FixedSizeListArray.from_arrays(flat, self.vectors.shape[1])}
+            if self.scales is not None:
+                vectors["scale"] = pa.array(np.asarray(self.scales, dtype=np.float32), type=pa.float32())
+            out["vectors"] = pa.table(vectors)
         return out
 
     @classmethod
@@ -139,7 +160,8 @@ class Segment:
                     files: dict[str, Any], root: Path) -> "Segment":
         """A segment from its (memory-mapped) tables, as :meth:`tables` writes them, of codes of width
         ``h`` and originals of ``d`` dimensions, under the index ``settings`` (k_doc, values_dtype,
-        store_vectors); every size and value range checked (CorruptIndexError naming ``root``)."""
+        store_vectors, vectors_dtype: float16 when absent, as saves before it was a setting hold);
+        every size and value range checked (CorruptIndexError naming ``root``)."""
         codes = tables["codes"]
         n, k_doc = codes.num_rows, int(settings["k_doc"])
         indices = fixed_size_column(codes, "indices", index_dtype(h))
@@ -155,15 +177,18 @@ class Segment:
             raise CorruptIndexError(f"{root}: segment {name} ids must be unique non-negative int64")
         norms = codes.column("norm").to_numpy()
         keys = codes.column("key").combine_chunks() if "key" in codes.column_names else None
-        vectors = None
+        vectors, scales = None, None
         if settings.get("store_vectors"):
             if "vectors" not in tables:
                 raise CorruptIndexError(f"{root}: segment {name} has no stored vectors")
-            vectors = fixed_size_column(tables["vectors"], "vector", np.float16)
+            where = f"{root}: segment {name}"
+            vectors, scales = _read_originals(tables["vectors"], settings.get("vectors_dtype", "float16"), where)
             if vectors.shape != (n, d):
-                raise CorruptIndexError(f"{root}: segment {name} vectors have shape {vectors.shape}, "
-                                        f"expected ({n}, {d})")
-        return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files)
+                raise CorruptIndexError(f"{where} vectors have shape {vectors.shape}, expected ({n}, {d})")
+            if scales is not None and (scales.shape != (n,) or not np.isfinite(scales).all() or (scales < 0).any()):
+                raise CorruptIndexError(f"{where} vector scales must be {n} finite non-negative values "
+                                        f"(got {scales.shape[0]}, min {scales.min() if len(scales) else None})")
+        return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files, scales=scales)
 
     @classmethod
     def merge(cls, parts: list["Segment"], deleted: list[np.ndarray | None]) -> "Segment":
@@ -171,16 +196,49 @@ class Segment:
         keep = [np.flatnonzero(m == 0) if m is not None else slice(None) for m in deleted]
         codes = SparseCodes(np.concatenate([p.codes.indices[r] for p, r in zip(parts, keep)]),
                             np.concatenate([p.codes.values[r] for p, r in zip(parts, keep)]), parts[0].codes.h)
-        vectors = None
+        vectors, scales = None, None
         if parts[0].vectors is not None:
             vectors = np.concatenate([p.vectors[r] for p, r in zip(parts, keep)])
+        if parts[0].scales is not None:
+            scales = np.concatenate([p.scales[r] for p, r in zip(parts, keep)])
         keys = None
         if any(p.keys is not None for p in parts):
             keys = pa.concat_arrays([
                 (p.keys if p.keys is not None else pa.nulls(p.n, pa.string())).take(
                     pa.array(np.arange(p.n)[r], type=pa.int64())) for p, r in zip(parts, keep)])
         return cls(np.concatenate([p.ids[r] for p, r in zip(parts, keep)]), codes,
-                   np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys)
+                   np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys, scales=scales)
+
+
+def store_originals(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The originals of float32 rows ``x`` (n, d) as a segment holds them: float16 (ValueError
+    where a component overflows it; no scales), or ``"int8"``: :func:`~csr_index.rerank.quantize_int8`
+    rows and their float32 scales (symmetric per row, any magnitude)."""
+    if dtype == "int8":
+        return quantize_int8(x)
+    peak = float(max(x.max(), -x.min())) if x.size else 0.0
+    if peak > float(np.finfo(np.float16).max):
+        raise ValueError(f"vector components up to {peak:.3g} overflow the float16 originals (max 65504); scale "
+                         "the vectors, use vectors_dtype='int8' or store_vectors=False")
+    return x.astype(np.float16), None
+
+
+def _read_originals(table: pa.Table, dtype: str, where: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``vector`` column of a vectors table as ``dtype`` (float16 or int8) and, for int8, its
+    ``scale`` float32 column (zero-copy views of the memory-mapped file); ``where`` names the
+    segment in errors."""
+    if dtype not in VECTORS_DTYPES:
+        raise ValueError(f"vectors_dtype must be one of {VECTORS_DTYPES}, got {dtype!r}")
+    vectors = fixed_size_column(table, "vector", np.dtype(dtype))
+    if dtype != "int8":
+        return vectors, None
+    col = table.column("scale") if "scale" in table.column_names else None
+    if col is None or col.type != pa.float32() or col.null_count:
+        raise CorruptIndexError(f"{where} vectors need a float32 'scale' column without nulls "
+                                f"(the table has {table.schema.names}, scale: {col.type if col is not None else None})")
+    chunks = [c.to_numpy(zero_copy_only=True) for c in col.chunks if len(c)]
+    scales = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, np.float32)
+    return vectors, scales
 
 
 def fixed_size_column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:

@@ -28,11 +28,11 @@ def latent_usage(snap: "Snapshot", h: int) -> np.ndarray:
 
 
 def index_stats(snap: "Snapshot", spec: "EngineSpec", encoder: "CSREncoder", *, k_doc: int, store_vectors: bool,
-                values_dtype: np.dtype) -> dict[str, Any]:
-    """Settings, counts, memory per live vector (codes, ids, norms, originals, keys, and the posting
-    lists of the engine ``spec`` searches with, built if not yet) and latent usage (busiest
-    latent's share of documents) of an index: the segments ``snap``, stored as ``encoder``,
-    ``k_doc``, ``store_vectors`` and ``values_dtype`` say."""
+                values_dtype: np.dtype, vectors_dtype: np.dtype = np.dtype("float16")) -> dict[str, Any]:
+    """Settings, counts, memory per live vector (codes, ids, norms, originals — int8 ones with their
+    float32 scales —, keys, and the posting lists of the engine ``spec`` searches with, built if not
+    yet) and latent usage (busiest latent's share of documents) of an index: the segments ``snap``,
+    stored as ``encoder``, ``k_doc``, ``store_vectors``, ``values_dtype`` and ``vectors_dtype`` say."""
     n = snap.ntotal
     parts: dict[str, int] = {}
     for seg in snap.segments:
@@ -42,7 +42,7 @@ def index_stats(snap: "Snapshot", spec: "EngineSpec", encoder: "CSREncoder", *, 
     out: dict[str, Any] = {
         "d": encoder.d, "h": encoder.h, "k": encoder.k, "k_doc": k_doc, "metric": encoder.metric,
         "ntotal": n, "segments": len(snap.segments), "deleted_rows": sum(s.n for s in snap.segments) - n,
-        "is_trained": encoder.is_trained, "store_vectors": store_vectors,
+        "is_trained": encoder.is_trained, "store_vectors": store_vectors, "vectors_dtype": str(vectors_dtype),
         "indices_dtype": str(indices_dtype),
         "values_dtype": str(values_dtype),
         "code_bytes_per_vector": k_doc * (indices_dtype.itemsize + values_dtype.itemsize),

@@ -9,7 +9,9 @@ Layout of ``index.csr/``::
     seg-<id>.codes.arrow              one per segment: id int64, indices fixed_size_list<uint16|uint32>[k],
                                       values fixed_size_list<float32|float16>[k], norm float32
                                       (L2 norm of each code's reconstruction), key string (optional)
-    seg-<id>.vectors.arrow            vector fixed_size_list<float16>[d] (optional, for re-ranking)
+    seg-<id>.vectors.arrow            vector fixed_size_list<float16|int8>[d] (optional, for re-ranking);
+                                      int8 (index setting vectors_dtype "int8"; absent: float16) adds
+                                      scale float32, row i being vector[i] * scale[i]
     tombstones.<gen>.arrow            segment string, row int64: deleted rows (only when some are)
     .lock                             locked (flock; msvcrt on Windows) while a process saves
 

@@ -71,7 +71,7 @@ class Snapshot:
         return seg, rows
 
     def live(self, column: str) -> list[np.ndarray]:
-        """A column (``"ids"`` or ``"vectors"``) of every segment, deleted rows left out."""
+        """A column (``"ids"``, ``"vectors"``, ``"originals"``, ...) of every segment, deleted rows left out."""
         return [getattr(s, column) if m is None else getattr(s, column)[m == 0]
                 for s, m in zip(self.segments, self.deleted)]
 

@@ -60,7 +60,8 @@ def queries() -> np.ndarray:
 def make_index(corpus):
     """Factory: a trained, empty CSRIndex (a fresh deep copy each call).
 
-    ``make_index(metric="ip", store_vectors=True, values_dtype="float16", k=8, h=128)``
+    ``make_index(metric="ip", store_vectors=True, values_dtype="float16", k=8, h=128, vectors_dtype="int8")``
+    (one trained adapter serves every ``vectors_dtype``)
     """
     cache: dict[tuple, CSRIndex] = {}
 
@@ -70,6 +71,7 @@ def make_index(corpus):
         values_dtype: str = "float32",
         k: int = K,
         h: int = H,
+        vectors_dtype: str = "float16",
     ) -> CSRIndex:
         key = (metric, store_vectors, values_dtype, k, h)
         if key not in cache:
@@ -79,7 +81,11 @@ def make_index(corpus):
             )
             index.train(corpus)
             cache[key] = index
-        return copy.deepcopy(cache[key])
+        index = copy.deepcopy(cache[key])
+        if vectors_dtype != "float16":
+            index = CSRIndex.from_encoder(index.encoder, store_vectors=store_vectors, values_dtype=values_dtype,
+                                          vectors_dtype=vectors_dtype)
+        return index
 
     return make
 

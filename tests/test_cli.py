@@ -102,6 +102,17 @@ def test_build_default_output_and_options(data, tmp_path):
     np.testing.assert_array_equal(index.ids, np.arange(1000, 1200))  # an integer id column gives ids
 
 
+def test_build_with_int8_originals(data, tmp_path):
+    out = tmp_path / "int8.csr"
+    run("build", data["corpus_file"], "-o", out, "--k", 4, "--h", 64, "--steps", 5, "--vectors-dtype", "int8",
+        "--quiet")
+    index = CSRIndex.load(out)
+    assert index.vectors_dtype == np.int8 and index._store.snapshot.segments[0].vectors.dtype == np.int8
+    assert json.loads(run("info", out, "--json").stdout)["vectors_dtype"] == "int8"
+    lines = run("search", out, data["queries_file"], "--topk", 3, "--score", "exact").stdout.strip().splitlines()
+    assert len(lines) == 3 * N_QUERIES
+
+
 def test_build_adaptive_options(data, tmp_path):
     out = tmp_path / "nested.csr"
     run("build", data["corpus_file"], "-o", out, "--k", 8, "--k-doc", 4, "--nested-k", "2,4", "--steps", 5, "--quiet")

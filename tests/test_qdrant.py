@@ -614,3 +614,19 @@ def test_commands_register_on_the_main_group():
     group.add_command(search_qdrant)
     result = CliRunner().invoke(group, ["search-qdrant", "--help"])
     assert result.exit_code == 0 and "--hybrid" in result.output
+
+
+def test_int8_originals_export_dequantised(sf_index, scifact, qvecs, tmp_path):
+    """An index with int8 originals uploads them dequantised (float32): Qdrant's server re-rank then
+    matches CSRIndex's own int8 re-rank of the same candidates."""
+    n = 1500
+    int8 = CSRIndex.from_encoder(sf_index.encoder, vectors_dtype="int8", engine="inverted")
+    int8.add_with_ids(scifact.vectors[:n], np.arange(n, dtype=np.int64) * 3 + 1)
+    dense = int8.vectors()
+    assert dense.dtype == np.float32 and np.abs(dense - prepared(int8, scifact.vectors[:n])).max() < 0.01
+    with cq.EdgeCollection.for_index(tmp_path / "shard", int8, dense=True) as shard:
+        assert cq.export(int8, shard, dense=True).uploaded == n
+        D, I = cq.search(int8, shard, None, qvecs, 10, rerank=50, rerank_on="server")
+        Dl, Il = cq.search(int8, shard, None, qvecs, 10, rerank=50, rerank_on="local")
+    assert_same_results(Dl, Il, *int8.search(qvecs, 10, score="code", rerank=50))
+    assert (I == Il).mean() > 0.99 and np.abs(D - Dl).max() < 2e-3

@@ -70,6 +70,21 @@ def test_quality_floor_on_scifact(short, search, floor):
     assert ndcg10(index, queries, qrels, **search) >= floor
 
 
+def test_int8_originals_rerank_as_float16_do(short):
+    """``vectors_dtype="int8"`` (half the bytes of the originals): the default search's top 10 is
+    float16's for most queries, and NDCG@10 holds."""
+    index, queries, qrels = short
+    corpus = read_embeddings(DATA / "corpus.parquet")
+    int8 = CSRIndex.from_encoder(copy.deepcopy(index.encoder), vectors_dtype="int8")
+    int8.add(corpus.vectors, keys=corpus.keys)
+    _, I16 = index.search(queries.vectors, 10)
+    _, I8 = int8.search(queries.vectors, 10)
+    same = np.array([len(set(a) & set(b)) for a, b in zip(I16, I8)])
+    assert (same >= 9).mean() >= 0.97 and same.mean() >= 9.7, np.bincount(same)  # measured 0.997, 9.93
+    assert abs(ndcg10(int8, queries, qrels) - ndcg10(index, queries, qrels)) < 0.005
+    assert int8.stats()["memory_vectors_bytes_per_vector"] == index.d + 4
+
+
 def test_default_codes_are_selective(short):
     """Load balancing: no latent fires on more than ~8 % of the documents (measured 8.3 %; 74 % without)."""
     assert short[0].stats()["busiest_latent_doc_fraction"] <= 0.10

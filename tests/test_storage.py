@@ -78,8 +78,9 @@ def saved_copy(saved, tmp_path):
         dict(metric="ip"),
         dict(values_dtype="float16"),
         dict(store_vectors=True),
+        dict(store_vectors=True, vectors_dtype="int8"),
     ],
-    ids=["cosine", "ip", "float16", "store_vectors"],
+    ids=["cosine", "ip", "float16", "store_vectors", "int8_vectors"],
 )
 def test_round_trip_gives_identical_results(filled_index_factory, queries, tmp_path, kwargs):
     index = filled_index_factory(**kwargs)
@@ -89,7 +90,7 @@ def test_round_trip_gives_identical_results(filled_index_factory, queries, tmp_p
     assert (loaded.d, loaded.h, loaded.k, loaded.metric, loaded.store_vectors) == (
         index.d, index.h, index.k, index.metric, index.store_vectors
     )
-    assert loaded.values_dtype == index.values_dtype
+    assert loaded.values_dtype == index.values_dtype and loaded.vectors_dtype == index.vectors_dtype
     assert loaded.config == index.config
     assert loaded.train_stats == index.train_stats
     np.testing.assert_array_equal(loaded.ids, index.ids)
@@ -286,6 +287,9 @@ def _file_name(name):
         pytest.param(_set("values_dtype", "bogus", "index"), "incomplete or invalid", id="values-dtype-bogus"),
         pytest.param(_set("k_doc", "x", "index"), "incomplete or invalid", id="k_doc-string"),
         pytest.param(_set("next_id", "7"), "next_id must be a non-negative integer", id="next-id-type"),
+        pytest.param(_set("vectors_dtype", "int8", "index"), "expected fixed_size_list<int8>", id="vectors-dtype"),
+        pytest.param(_set("vectors_dtype", "float32", "index"), "incomplete or invalid: vectors_dtype must be",
+                     id="vectors-dtype-bogus"),
     ],
 )
 def test_tampered_manifest_is_corrupt(saved_copy, edit, fragment):
@@ -544,6 +548,21 @@ def test_a_manifest_without_next_id_continues_after_the_largest_stored_id(saved_
     loaded = CSRIndex.load(path)
     loaded.add(corpus[:1])
     assert loaded.ids.max() == index.ids.max() + 1
+
+
+def test_an_index_saved_before_vectors_dtype_loads_with_float16_originals(saved_copy, queries, tmp_path):
+    index, path = saved_copy
+    manifest = manifest_of(path)
+    manifest["index"].pop("vectors_dtype", None)  # (float16 is not written, so releases before it read the index)
+    assert set(manifest["index"]) == {"k_doc", "store_vectors", "values_dtype"}
+    (path / "manifest.json").write_text(json.dumps(manifest))  # as a save from before the setting
+    loaded = CSRIndex.load(path)
+    assert loaded.vectors_dtype == np.float16 and loaded.vectors().dtype == np.float16
+    np.testing.assert_array_equal(loaded.vectors(), index.vectors())
+    assert_same_results(index, loaded, queries)
+    assert_same_results(index, loaded, queries, rerank=30)
+    loaded.save(tmp_path / "again")
+    assert CSRIndex.load(tmp_path / "again").vectors_dtype == np.float16
 
 
 def test_a_damaged_adapter_is_rewritten_by_the_next_save(saved_copy, queries):
