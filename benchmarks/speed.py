@@ -37,6 +37,7 @@ from csr_index import CSRConfig, CSRIndex
 from csr_index.engines.pruned import PrunedEngine
 from csr_index.evaluation import evaluate_run
 from csr_index.io import read_embeddings
+from csr_index.budgets import CANDIDATE_GROWTH, RERANK_GROWTH
 from csr_index.scoring import default_rerank
 
 TOPK = 10
@@ -157,6 +158,36 @@ def dense_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, arg
     return rows
 
 
+def kannolo_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args) -> list[Row]:
+    """kANNolo's dense HNSW (m 32, ef_construction 40, as benchmarks/build.py builds it), cached in
+    ``args.cache``; left out when kannolo is not installed (extra ``anchors``). Its batch column
+    is queries one after another (its own batch search is not used)."""
+    try:
+        import kannolo
+    except ImportError:
+        print("kannolo is not installed: its rows are left out (pip install -e '.[anchors]')")
+        return []
+    path, meta = args.cache / f"kannolo-hnsw32-{size}.bin", args.cache / f"kannolo-hnsw32-{size}.json"
+    if path.exists() and meta.exists():
+        index, build = kannolo.DensePlainHNSW.load(str(path)), json.loads(meta.read_text())["build_s"]
+    else:
+        pin_threads(THREADS)
+        start = time.perf_counter()
+        index = kannolo.DensePlainHNSW.build_from_array(np.ascontiguousarray(xb, dtype=np.float32).ravel(), D, 32, 40,
+                                                        metric="ip")
+        build = time.perf_counter() - start
+        index.save(str(path))
+        meta.write_text(json.dumps({"build_s": build}))
+    rows = []
+    for ef in (64, 128, 256):
+        def search(q: np.ndarray, ef: int = ef) -> np.ndarray:
+            return np.array([np.asarray(index.search(np.ascontiguousarray(v), TOPK, ef_search=ef)[1]) for v in q])
+
+        rows.append(Row(size, f"kANNolo dense HNSW m 32, ef={ef}", "kANNolo HNSW", build,
+                        index.space_usage_bytes() / len(xb), *measure(search, xq, truth, args.singles)))
+    return rows
+
+
 # ------------------------------------------------------------------ CSR
 
 
@@ -181,8 +212,9 @@ DEFAULT_RERANK = default_rerank("asymmetric", TOPK)
 
 # (label, engine, engine options, search keyword arguments); the first row is the library default
 CSR_SETTINGS: list[tuple[str, str, dict, dict]] = [
-    (f"default search (pruned: query_cut={PRUNED['query_cut']}, {PRUNED['candidates']} candidates, "
-     f"list_cut={PRUNED['list_cut']}; rerank {DEFAULT_RERANK})", "auto", {}, {}),
+    (f"default search (pruned: query_cut={PRUNED['query_cut']}, {PRUNED['candidates']} candidates "
+     f"x (n/100k)^{CANDIDATE_GROWTH}, list_cut={PRUNED['list_cut']}; rerank {DEFAULT_RERANK} x (n/100k)^{RERANK_GROWTH})",
+     "auto", {}, {}),
     *[(f"pruned query_cut={qc} cand={c} list_cut={lc} + rerank {r}", "pruned",
        {"query_cut": qc, "candidates": c, "list_cut": lc}, {"rerank": r})
       for qc, c, lc, r in [(8, 800, 3.0, 100), (12, 800, 3.0, 100), (16, 500, 3.0, 100), (16, 1000, 1.5, 100),
@@ -322,6 +354,11 @@ def ratios(rows: list[Row]) -> str:
         default = next(r for r in rs if "default search" in r.method)
         out.append(f"  BAR default search: recall {default.recall:.3f} (>= 0.95), latency x{best_p50 / default.p50_ms:.1f}"
                    f" (>= 10), busiest latent {default.busiest:.3f} (<= 0.10)")
+        peer = next((h for h in hnsw if h.recall >= default.recall), None)
+        vs = (f"p50 {default.p50_ms:.3f} ms = x{default.p50_ms / peer.p50_ms:.2f} faiss HNSW32's at >= its recall "
+              f"({peer.method}, {peer.recall:.3f}, {peer.p50_ms:.3f} ms)" if peer else "no HNSW32 row reaches its recall")
+        out.append(f"  BAR {size} default search vs HNSW32: recall {default.recall:.3f} (>= 0.95), {vs} (<= 2), "
+                   f"{default.bytes_per_vector:.0f} B/vector (<= 800)")
     return "\n".join(out)
 
 
@@ -365,6 +402,7 @@ def main() -> None:
         xb, xq = load_data(size, args.cache)
         truth = ground_truth(xb, xq, size, args.cache)
         rows += dense_rows(size, xb, xq, truth, args)
+        rows += kannolo_rows(size, xb, xq, truth, args)
         csr, report[f"paired_{size}"] = csr_rows(size, xb, xq, truth, args)
         rows += csr
         report[f"load_after_{size}"] = os.getloadavg()

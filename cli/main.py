@@ -52,7 +52,7 @@ def main() -> None:
 @click.option("--store-vectors/--no-store-vectors", default=True, show_default=True,
               help="Keep the originals for exact re-ranking.")
 @click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float16", show_default=True)
-@click.option("--vectors-dtype", type=click.Choice(["float16", "int8"]), default="float16", show_default=True,
+@click.option("--vectors-dtype", type=click.Choice(["float16", "int8"]), default="int8", show_default=True,
               help="How the originals are kept: float16, or int8 with a float32 scale per vector (half the bytes).")
 @click.option("--schedule", type=click.Choice(["fast", "long"]), default="fast", show_default=True,
               help="Training schedule: the fast default (a data-driven start, 800 steps), or CSRConfig.long() "

@@ -43,15 +43,17 @@ class CSRIndex:
     not differently in both). ``k_doc``: latents per *stored* code (default ``k``).
     ``metric``: ``"cosine"`` (vectors L2-normalised) or ``"ip"``. ``store_vectors``: keep
     the originals so search re-ranks its shortlist exactly (default True), as ``vectors_dtype``
-    ``"float16"`` or ``"int8"`` (plus a float32 scale per vector: half the bytes; exact scores are
-    then the dequantised vectors'). ``values_dtype``: stored code values, float32 or float16. ``engine``: see
+    ``"int8"`` (the default: one float32 scale per vector, symmetric per-vector quantisation, 388
+    bytes at d = 384; exact scores are the dequantised vectors') or ``"float16"`` (768 bytes; on
+    pypi-100k recall@10 0.972 instead of int8's 0.966, SciFact NDCG@10 0.6451 for both).
+    ``values_dtype``: stored code values, float32 or float16. ``engine``: see
     :meth:`set_engine`. Searches are safe from many threads while one thread adds,
     removes or saves: each search reads one snapshot of the segments.
     """
 
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
                  metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float16",
-                 vectors_dtype: str = "float16", config: CSRConfig | None = None, progress: bool = False,
+                 vectors_dtype: str = "int8", config: CSRConfig | None = None, progress: bool = False,
                  engine: str = "auto") -> None:
         self.encoder = CSREncoder(d, k, h, metric=metric, config=config, progress=progress)
         self._k_doc = self.k if k_doc is None else check_positive(k_doc, "k_doc", self.k)
@@ -236,7 +238,7 @@ class CSRIndex:
         if score not in (*SCORES, "exact"):
             raise ValueError(f"score must be one of {(*SCORES, 'exact')}, got {score!r}")
         if rerank is None:
-            rerank = default_rerank(score, topk) if self.store_vectors and score != "exact" else 0
+            rerank = default_rerank(score, topk, self.ntotal) if self.store_vectors and score != "exact" else 0
         rerank = check_positive(rerank, "rerank") if rerank else 0
         if (rerank or score == "exact") and not self.store_vectors:
             raise ValueError("re-ranking and exact search need the originals: build the index with store_vectors=True")
@@ -307,7 +309,7 @@ class CSRIndex:
             manifest = read_manifest(path)
             encoder = CSREncoder.from_manifest(path, manifest, verify=verify, progress=progress)
             segments, deleted = read_segments(path, manifest, encoder.h, encoder.d, verify=verify)
-            index = cls.from_encoder(encoder, **manifest["index"])
+            index = cls.from_encoder(encoder, **{"vectors_dtype": "float16", **manifest["index"]})  # absent: float16
         except IndexFormatError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # settings or data the checks let by

@@ -60,8 +60,8 @@ def queries() -> np.ndarray:
 def make_index(corpus):
     """Factory: a trained, empty CSRIndex (a fresh deep copy each call).
 
-    ``make_index(metric="ip", store_vectors=True, values_dtype="float16", k=8, h=128, vectors_dtype="int8")``
-    (one trained adapter serves every ``vectors_dtype``)
+    ``make_index(metric="ip", store_vectors=True, values_dtype="float16", k=8, h=128, vectors_dtype="float16")``
+    (one trained adapter serves every ``vectors_dtype``; None: the library default, int8)
     """
     cache: dict[tuple, CSRIndex] = {}
 
@@ -71,7 +71,7 @@ def make_index(corpus):
         values_dtype: str = "float32",
         k: int = K,
         h: int = H,
-        vectors_dtype: str = "float16",
+        vectors_dtype: str | None = None,
     ) -> CSRIndex:
         key = (metric, store_vectors, values_dtype, k, h)
         if key not in cache:
@@ -82,7 +82,7 @@ def make_index(corpus):
             index.train(corpus)
             cache[key] = index
         index = copy.deepcopy(cache[key])
-        if vectors_dtype != "float16":
+        if vectors_dtype is not None and vectors_dtype != str(index.vectors_dtype):
             index = CSRIndex.from_encoder(index.encoder, store_vectors=store_vectors, values_dtype=values_dtype,
                                           vectors_dtype=vectors_dtype)
         return index

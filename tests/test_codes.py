@@ -216,7 +216,7 @@ def test_ids_are_a_copy(filled_index):
 
 
 def test_vectors_are_the_float16_prepared_originals(make_index, corpus):
-    index = make_index(store_vectors=True)
+    index = make_index(store_vectors=True, vectors_dtype="float16")
     index.add(corpus)
     vecs = index.vectors()
     assert vecs.dtype == np.float16 and vecs.shape == corpus.shape
@@ -241,7 +241,8 @@ def test_stats(make_index, corpus):
     # the default engine's posting lists (this segment is below full_scan_below: no list is cut):
     # int32 doc + float16 value per non-zero, int64 offsets; its forward index views the codes
     postings = (6 * nnz + 8 * (index.h + 1)) / len(corpus)
-    assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + 2 * index.d + postings, abs=0.1)
+    # codes, id, norm, int8 originals + their float32 scale (the default vectors_dtype), postings
+    assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + index.d + 4 + postings, abs=0.1)
     assert s["memory_postings_bytes_per_vector"] == pytest.approx(postings, abs=0.1)
     engine = index._store.snapshot.segments[0].engine(index._engine_spec)
     assert s["memory_postings_bytes_per_vector"] == pytest.approx(engine.nbytes / len(corpus), abs=0.1)
@@ -284,7 +285,7 @@ def test_float16_overflow_is_refused_or_handled(make_index, corpus, tmp_path):
 
 
 def test_originals_that_overflow_float16_are_refused(make_index, corpus, tmp_path):
-    index = make_index(metric="ip", values_dtype="float32", store_vectors=True)
+    index = make_index(metric="ip", values_dtype="float32", store_vectors=True, vectors_dtype="float16")
     index.add(corpus[:5])
     with pytest.raises(ValueError, match="overflow the float16 originals"):
         index.add(corpus[5:10] * 1e5)

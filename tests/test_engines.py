@@ -627,3 +627,20 @@ def test_shortlist_keeps_the_best_partial_scores(seed, budget):
     work = acc.copy()
     _shortlist(work, off, scale, skip, budget, rows)
     assert not work.any()  # left cleared for the next query
+
+
+def test_pruned_candidates_grow_with_the_collection():
+    """The candidate budget is fixed up to 100k docs and grows as (n / 100k) ** candidates_growth
+    beyond (x4 at 1M by default); a segment takes its share; growth 0 keeps it fixed."""
+    from csr_index.engines.pruned import PrunedEngine
+
+    engine = PrunedEngine(random_codes(6000))
+    assert engine.shortlist_size(10) == 800  # 6,000 docs: below the reference size
+    assert engine.shortlist_size(10, share=6000 / 1_000_000) == int(np.ceil(800 * 10 ** 0.6 * 0.006))  # 20
+    assert engine.shortlist_size(10, share=6000 / 50_000) == int(np.ceil(800 * 0.12))  # 96: below 100k, no growth
+    assert engine.shortlist_size(50, share=0.001) == 50  # never fewer than topn
+    fixed = PrunedEngine(random_codes(6000), candidates_growth=0)
+    assert fixed.shortlist_size(1, share=0.006) == int(np.ceil(800 * 0.006))  # 5
+    assert PrunedEngine(random_codes(6000), candidates=None).shortlist_size(10, share=0.006) == 6000
+    with pytest.raises(ValueError, match="candidates_growth"):
+        PrunedEngine(random_codes(100), candidates_growth=1.5)

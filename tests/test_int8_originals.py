@@ -70,8 +70,8 @@ def test_exact_scan_of_int8_rows_scores_the_dequantised_vectors(nq, monkeypatch)
 
 # ----------------------------------------------------------------- the index
 def test_int8_index_holds_half_the_bytes_and_close_scores(filled_index_factory, queries):
-    f16 = filled_index_factory(store_vectors=True)
-    i8 = filled_index_factory(store_vectors=True, vectors_dtype="int8")
+    f16 = filled_index_factory(store_vectors=True, vectors_dtype="float16")
+    i8 = filled_index_factory(store_vectors=True)  # int8: the default
     seg = i8._store.snapshot.segments[0]
     assert seg.vectors.dtype == np.int8 and seg.scales.dtype == np.float32 and seg.scales.shape == (seg.n,)
     s16, s8 = f16.stats(), i8.stats()
@@ -93,7 +93,7 @@ def test_int8_index_holds_half_the_bytes_and_close_scores(filled_index_factory, 
 def test_int8_originals_take_components_that_overflow_float16(make_index, corpus):
     big = corpus * 1e5  # components beyond float16's 65504
     with pytest.raises(ValueError, match="overflow the float16 originals"):
-        make_index(metric="ip", store_vectors=True).add(big)
+        make_index(metric="ip", store_vectors=True, vectors_dtype="float16").add(big)
     index = make_index(metric="ip", store_vectors=True, vectors_dtype="int8")
     index.add(big)
     error = np.abs(index.vectors() - big).max(axis=1)

@@ -50,8 +50,9 @@ def assert_same_results(a: CSRIndex, b: CSRIndex, queries, **kwargs):
 
 @pytest.fixture(scope="module")
 def saved(filled_index_factory, corpus, tmp_path_factory):
-    """A saved index with keys and stored originals; tests copy it before damaging it."""
-    index = filled_index_factory(store_vectors=True)
+    """A saved index with keys and stored float16 originals (an int8 one: test_int8_originals.py);
+    tests copy it before damaging it."""
+    index = filled_index_factory(store_vectors=True, vectors_dtype="float16")
     index.reset()
     index.add(corpus, keys=[f"doc{i}" for i in range(len(corpus))])
     path = tmp_path_factory.mktemp("saved") / "index.csr"
@@ -119,6 +120,14 @@ def test_loaded_arrays_are_read_only_views_of_the_files(saved):
     for arr in (loaded.codes().indices, loaded.codes().values, loaded.vectors(), segment.ids, segment.norms):
         assert not arr.flags.writeable
         assert not arr.flags.owndata  # a view on the memory-mapped Arrow buffer, not a copy
+
+
+def test_loaded_int8_originals_are_read_only_views_of_the_files(filled_index_factory, tmp_path):
+    filled_index_factory(store_vectors=True).save(tmp_path / "i8")  # int8: the default
+    segment = CSRIndex.load(tmp_path / "i8")._store.snapshot.segments[0]
+    assert segment.vectors.dtype == np.int8
+    for arr in (segment.vectors, segment.scales):
+        assert not arr.flags.writeable and not arr.flags.owndata
 
 
 def test_loaded_index_accepts_more_vectors(saved, corpus, queries, tmp_path):
