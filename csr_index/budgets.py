@@ -6,18 +6,9 @@ code-space score), so a fixed budget loses recall as the collection grows: on py
 0.904 at 1M. Up to ``SIZE_REFERENCE`` docs the budgets stay as the engines and
 :func:`~csr_index.scoring.default_rerank` define them; beyond it they are multiplied by
 :func:`size_factor`. Measured on that 1M set (one thread, exact dense ground truth), the
-shortlist's candidates and the re-rank depth gave recall@10 (float16 originals):
-
-=========== ====== ========== ========== ==========
-candidates  rerank  at 100k    at 1M
-=========== ====== ========== ==========
-800         100     0.972      0.904
-1,600       200     0.986      0.944
-3,200       100     —          0.950
-3,200       200     —          0.963
-=========== ====== ========== ==========
-
-so the candidates grow as ``n ** 0.6`` (x4 at 1M: 3,200) and the re-rank as ``n ** 0.3``
+shortlist's candidates and the re-rank depth gave recall@10 (float16 originals): 800 / 100:
+0.972 at 100k, 0.904 at 1M; 1,600 / 200: 0.986 and 0.944; 3,200 / 100: 0.950 at 1M; 3,200 / 200:
+0.963 at 1M; so the candidates grow as ``n ** 0.6`` (x4 at 1M: 3,200) and the re-rank as ``n ** 0.3``
 (x2 at 1M: 200).
 """
 
