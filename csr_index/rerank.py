@@ -4,9 +4,9 @@
 N * d; only those rows of the originals are read, as faiss IndexRefineFlat does).
 :func:`exact_topn` scans every stored vector in blocks, for exact search and evaluation
 baselines, with memory bounded by the block size whatever the number of queries or rows.
-The originals may be float32, float16 (as :class:`CSRIndex` stores them by default,
-memory-mapped after ``load``) or int8 with one float32 scale per vector (:func:`quantize_int8`:
-4x smaller than float32, 2x smaller than float16; ``CSRIndex(vectors_dtype="int8")``).
+The originals may be float32, float16 (``CSRIndex(vectors_dtype="float16")``) or int8 with
+one float32 scale per vector (:func:`quantize_int8`: 4x smaller than float32, 2x smaller than
+float16; how :class:`CSRIndex` stores them by default), memory-mapped after ``load``.
 """
 
 from __future__ import annotations

@@ -236,9 +236,7 @@ def _read_originals(table: pa.Table, dtype: str, where: str) -> tuple[np.ndarray
     if col is None or col.type != pa.float32() or col.null_count:
         raise CorruptIndexError(f"{where} vectors need a float32 'scale' column without nulls "
                                 f"(the table has {table.schema.names}, scale: {col.type if col is not None else None})")
-    chunks = [c.to_numpy(zero_copy_only=True) for c in col.chunks if len(c)]
-    scales = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, np.float32)
-    return vectors, scales
+    return vectors, _joined([c.to_numpy(zero_copy_only=True) for c in col.chunks if len(c)], (0,), np.float32)
 
 
 def fixed_size_column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
@@ -249,7 +247,13 @@ def fixed_size_column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
     if not pa.types.is_fixed_size_list(col.type) or col.type.value_type != pa.from_numpy_dtype(np.dtype(dtype)):
         raise CorruptIndexError(f"column {name!r} has type {col.type}, expected fixed_size_list<{np.dtype(dtype)}>")
     width = col.type.list_size
-    chunks = [c.values.to_numpy(zero_copy_only=True).reshape(-1, width) for c in col.chunks if len(c)]
+    return _joined([c.values.to_numpy(zero_copy_only=True).reshape(-1, width) for c in col.chunks if len(c)],
+                   (0, width), dtype)
+
+
+def _joined(chunks: list[np.ndarray], empty_shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """One array from a column's numpy chunks: the chunk itself when there is one (zero-copy), else
+    their concatenation, or an empty array of ``empty_shape``."""
     if not chunks:
-        return np.empty((0, width), dtype=dtype)
+        return np.empty(empty_shape, dtype=dtype)
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -238,9 +239,7 @@ def test_unknown_id_column(built, data):
 @pytest.fixture
 def corrupt_index(built, tmp_path):
     dst = tmp_path / "corrupt.csr"
-    dst.mkdir()
-    for f in built.iterdir():
-        dst.joinpath(f.name).write_bytes(f.read_bytes())
+    shutil.copytree(built, dst, copy_function=shutil.copyfile)
     codes = dst / json.loads((dst / "manifest.json").read_text())["segments"][0]["files"]["codes"]["name"]
     raw = bytearray(codes.read_bytes())
     raw[len(raw) // 2] ^= 0xFF

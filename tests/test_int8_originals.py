@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,7 @@ def saved8(filled_index_factory, tmp_path_factory):
 def copy8(saved8, tmp_path):
     index, path = saved8
     dst = tmp_path / "copy.csr"
-    dst.mkdir()
-    for f in path.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(path, dst, copy_function=shutil.copyfile)
     return index, dst
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -65,9 +66,7 @@ def saved_copy(saved, tmp_path):
     """A private copy of the saved index directory, free to damage."""
     index, path = saved
     dst = tmp_path / "copy.csr"
-    dst.mkdir()
-    for f in path.iterdir():
-        (dst / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(path, dst, copy_function=shutil.copyfile)
     return index, dst
 
 
