@@ -91,8 +91,10 @@ class CSREncoder:
 
     @property
     def device(self) -> torch.device:
-        """Where the adapter runs (training and encoding)."""
-        return resolve_device(self.config.device)
+        """Where the adapter runs (training and encoding); resolved once (a CUDA probe costs ~10 us)."""
+        if "device" not in self._derived:
+            self._derived["device"] = resolve_device(self.config.device)
+        return self._derived["device"]
 
     def __repr__(self) -> str:
         return f"CSREncoder(d={self.d}, h={self.h}, k={self.k}, metric={self.metric!r}, is_trained={self.is_trained})"
@@ -148,6 +150,7 @@ class CSREncoder:
             self.adapter.set_latent_weights(
                 torch.from_numpy(codes.indices.astype(np.int64)), torch.from_numpy(codes.values), len(xe)
             )
+            self._derived.pop("weight", None)
         residual = xe - self.decode(codes)
         spread = float(((xe - xe.mean(0)) ** 2).sum())
         self.train_stats = {
@@ -301,8 +304,13 @@ class CSREncoder:
     # ---------------------------------------------------- code x code scoring
     @property
     def latent_weight(self) -> np.ndarray:
-        """Weight of each latent in code x code scores (h,), float32."""
-        return self.require_trained().latent_weight.detach().cpu().numpy()
+        """Weight of each latent in code x code scores (h,), float32, read-only (a numpy copy made once
+        per adapter: a single query's search would otherwise pay a torch-to-numpy copy)."""
+        if "weight" not in self._derived:
+            weight = self.require_trained().latent_weight.detach().cpu().numpy().copy()
+            weight.setflags(write=False)
+            self._derived["weight"] = weight
+        return self._derived["weight"]
 
     def weigh(self, codes: SparseCodes) -> SparseCodes:
         """Codes as code x code scoring sees them (float32): values times the latent weights,

@@ -26,6 +26,9 @@ GRAM_MAX_H = 8192
 adapters encode in torch, from the atoms of each support."""
 
 
+RIDGE = 1e-4
+"""Ridge added to the support's gram block when refitting the values (as :meth:`SparseAdapter.refit`)."""
+
 TOPK_BLOCK = 16
 """Entries per block whose maximum :func:`_top_k` takes to bound the k-th largest entry."""
 
@@ -162,7 +165,7 @@ ROWS_PER_CHUNK = 256
 
 def _row_chunks(n: int) -> int:
     """Threads (chunks of rows) a batch of ``n`` rows is split over: numba's count, at most one per ROWS_PER_CHUNK."""
-    return min(num_threads(), max(1, n // ROWS_PER_CHUNK))
+    return 1 if n < 2 * ROWS_PER_CHUNK else min(num_threads(), n // ROWS_PER_CHUNK)
 
 
 @njit(cache=True, parallel=True)
@@ -175,7 +178,7 @@ def _encode_parallel(nchunks, pre, select, k, refit, ridge, gram, latent_bias, w
 
 
 def encode_rows(pre: np.ndarray, k: int, gram: np.ndarray, latent_bias: np.ndarray, w_bias: np.ndarray,
-                bias_sq: float, refit: bool, select: np.ndarray | None = None, ridge: float = 1e-4,
+                bias_sq: float, refit: bool, select: np.ndarray | None = None, ridge: float = RIDGE,
                 index_dtype: np.dtype = np.dtype(np.uint16)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codes of pre-activations ``pre`` (n, h) float32: latent indices (n, k) ``index_dtype``,
     values (n, k) float32 sorted descending, and reconstruction norms (n,) float32.

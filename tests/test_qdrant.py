@@ -163,6 +163,20 @@ def test_edge_equals_csrindex_code_search(sf_index, edge, qvecs):
     assert_same_results(D, I, *sf_index.search(qvecs, 10, query_k=8, score="code", rerank=0))
 
 
+def test_searcher_one_query_at_a_time_equals_batch_search(sf_index, edge, qvecs):
+    """A Searcher (checked once; a single query takes the compiled encoding) answers one query at a
+    time what one batch search answers, with and without the server's dense re-rank."""
+    encoder = sf_index.encoder  # the adapter alone: server-side re-rank by default
+    for options in ({"rerank": 0}, {}):
+        searcher = cq.Searcher(encoder, edge, None, **options)
+        rows = [searcher.search(qvecs[i : i + 1], 10) for i in range(40)]
+        D, I = np.vstack([d for d, _ in rows]), np.vstack([i for _, i in rows])
+        assert_same_results(D, I, *cq.search(encoder, edge, None, qvecs[:40], 10, **options))
+    assert_same_results(D, I, *sf_index.search(qvecs[:40], 10, score="code", rerank=300))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        searcher.search(np.full((1, encoder.d), np.nan, dtype=np.float32), 10)
+
+
 def test_edge_exact_rerank_equals_csrindex(sf_index, edge, qvecs):
     D, I = cq.search(sf_index, edge, None, qvecs, 10, rerank=100)
     assert_same_results(D, I, *sf_index.search(qvecs, 10, score="code", rerank=100))

@@ -32,7 +32,9 @@ At scale the client needs only the adapter (a :class:`csr_index.CSREncoder`):
 
 >>> enc = CSREncoder.load("model.csr")
 >>> cq.export_parquet(enc, "embeddings.parquet", client, "docs", dense=True, progress=True)   # streamed
->>> D, I = cq.search(enc, client, "docs", xq, 10)   # sparse top 100, re-ranked by the dense vectors on the server
+>>> D, I = cq.search(enc, client, "docs", xq, 10)   # sparse top 300, re-ranked by the dense vectors on the server
+>>> searcher = cq.Searcher(enc, client, "docs")      # checked once: for many searches, e.g. one query each
+>>> D, I = searcher.search(xq[:1], 10)
 
 Any shortlist (e.g. ids from Qdrant) is re-scored with ``index.rescore(xq, ids, topk, score=...)``.
 
@@ -50,7 +52,7 @@ from ._deps import EDGE_VERSION, INSTALL_HINT
 from .edge import EdgeCollection
 from .layout import DENSE_DATATYPES, QUANTIZATIONS, SPARSE_DATATYPES
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, adapter_sha256, index_metadata
-from .query import fetch_payload, search
+from .query import Searcher, fetch_payload, search
 from .sending import ExportReport, QdrantExportError
 from .stream import export_parquet
 from .targets import Target
@@ -72,6 +74,7 @@ __all__ = [
     "export_codes",
     "export_parquet",
     "search",
+    "Searcher",
     "fetch_payload",
     "index_metadata",
     "adapter_sha256",

@@ -11,18 +11,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from csr_index.progress import progress_bar
+from csr_index.query_code import query_row
 from csr_index.scoring import default_rerank
 from csr_index.validation import check_positive
 
 from .metadata import DEFAULT_DENSE_VECTOR_NAME, DEFAULT_VECTOR_NAME, check_search_metadata
 from .plan import QueryPlan
 from .targets import Target, open_target
-from .validation import Model, check_name, encoder_of, index_of, sparse_rows
+from .validation import Model, SparseRow, check_name, encoder_of, index_of, sparse_rows
 
 if TYPE_CHECKING:
     from csr_index.index import CSRIndex
 
-__all__ = ["search", "fetch_payload"]
+__all__ = ["search", "Searcher", "fetch_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -86,98 +87,160 @@ def search(
         ``rescore=True, oversampling=rerank/topk`` scores every candidate with the originals.
     check: verify the collection's layout and csr_index metadata (same adapter, same value
         convention) before querying.
+
+    Each call checks the options and the collection again; to send many searches with the same
+    options, make a :class:`Searcher` once and call its ``search``.
     """
-    encoder, index = encoder_of(model), index_of(model)
-    topk = check_positive(topk, "topk", 1 << 31)
-    query_k = None if query_k is None else check_positive(query_k, "query_k", encoder.k)
-    if score not in SCORE_MODES:
-        raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
-    if rerank_on not in RERANK_ON:
-        raise ValueError(f"rerank_on must be one of {RERANK_ON}, got {rerank_on!r}")
-    if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0):
-        raise ValueError(f"rerank must be a non-negative integer, got {rerank!r}")
-    if score == "asymmetric" and index is None:
-        raise ValueError('score="asymmetric" re-scores candidates with their stored codes: pass the CSRIndex '
-                         "(or use server-side re-ranking of the dense vectors: rerank_on='server')")
-    if oversampling is not None and not (isinstance(oversampling, (int, float)) and oversampling >= 1):
-        raise ValueError(f"oversampling must be a number >= 1, got {oversampling!r}")
-    rrf_k = check_positive(rrf_k, "rrf_k")
-    batch_size = check_positive(batch_size, "batch_size")
-    vector_name = check_name(vector_name, "vector_name")
-    xq_prepared = encoder.prepare(xq, "queries")
-    nq = len(xq_prepared)
-    local_vectors = index is not None and index.store_vectors
+    return Searcher(model, client, collection_name, query_k=query_k, score=score, rerank=rerank,
+                    rerank_on=rerank_on, candidates=candidates, hybrid=hybrid, rrf_k=rrf_k,
+                    quantization_rescore=quantization_rescore, oversampling=oversampling,
+                    vector_name=vector_name, dense_vector_name=dense_vector_name, batch_size=batch_size,
+                    check=check).search(xq, topk, progress=progress)
 
-    target = open_target(client, collection_name, vector_name, dense_vector_name)
-    where = target.describe()
-    if rerank_on == "auto":
-        rerank_on = ("local" if local_vectors else "server" if rerank != 0 and score == "code"
-                     and target.has_dense(encoder.d) else "none")
-    if rerank_on == "local" and rerank != 0 and not local_vectors:
-        raise ValueError("local re-ranking needs the original vectors: pass a CSRIndex built with "
-                         "store_vectors=True, or re-rank on the server (rerank_on='server')")
-    if rerank_on == "none" and rerank:
-        raise ValueError(f"rerank={rerank} needs the original vectors (a CSRIndex built with store_vectors=True) "
-                         f"or dense vectors in {where} (export with dense=True) for server-side re-ranking")
-    if rerank_on == "server" and score == "asymmetric":
-        raise ValueError('score="asymmetric" re-scores locally; it does not combine with rerank_on="server"')
-    if rerank is None:
-        rerank = default_rerank("code", topk) if rerank_on in ("local", "server") else 0
-    server = rerank_on == "server" and rerank > 0
-    shortlist = max(topk, int(rerank))
-    if candidates is None:
-        candidates = shortlist if score == "code" else max(10 * shortlist, 1000)
-    candidates = check_positive(candidates, "candidates")
-    if candidates < shortlist:
-        raise ValueError(f"candidates={candidates} is below the shortlist max(topk, rerank)={shortlist}")
-    if server and candidates != rerank:
-        log.debug("the server re-ranks all %d candidates (rerank=%d)", candidates, rerank)
-    if check:
-        target.check_layout(idf=None, dense_size=encoder.d if hybrid or server else None)
-        check_search_metadata(target.read_metadata(), encoder, where, vector_name)
-        if target.sparse_has_idf():
-            log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", where, vector_name)
-        if hybrid and target.dense_graph() is False:
-            log.warning("%s has no HNSW graph on %r (dense_hnsw=False, the default for re-ranking): the dense "
-                        "prefetch of hybrid search scans every point; export with dense_hnsw=True for hybrid search",
-                        where, dense_vector_name)
-    plan = QueryPlan(candidates=candidates, limit=topk if server else candidates, hybrid=bool(hybrid),
-                     rrf_k=rrf_k, server_rerank=server, rescore=quantization_rescore,
-                     oversampling=None if oversampling is None else float(oversampling))
 
-    codes = encoder.weigh(encoder.encode_prepared(xq_prepared, query_k or encoder.k)[0])  # = query_code_vectors
-    sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
-    D = np.full((nq, plan.limit), -np.inf, dtype=np.float32)
-    I = np.full((nq, plan.limit), -1, dtype=np.int64)
-    # no bar unless asked: even a disabled tqdm costs tens of microseconds, a lot for a single query
-    bar = progress_bar(total=nq, unit="q", desc=f"search {where}") if progress else None
-    try:
-        for s in range(0, nq, batch_size):
-            e = min(nq, s + batch_size)
-            dense = xq_prepared[s:e] if hybrid or server else None
-            for qi, hits in enumerate(target.query(sparse[s:e], dense, plan), start=s):
-                for j, (pid, sc) in enumerate(hits[: plan.limit]):
-                    if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
-                        raise ValueError(
-                            f"{where} returned point id {pid!r}; csr-index needs integer ids "
-                            "(as export() and export_parquet() write them)"
-                        )
-                    I[qi, j] = pid
-                    D[qi, j] = sc
+class Searcher:
+    """Searches of one collection with fixed options (those of :func:`search`, which makes one per
+    call), the options and the collection checked once, when it is made: for many searches, e.g.
+    one query at a time, where those checks would cost more than encoding the query.
+    ``rerank`` and ``candidates`` left as None follow each search's ``topk``.
+
+    >>> searcher = cq.Searcher(encoder, client, "docs")
+    >>> D, I = searcher.search(xq, 10)
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        client: Target,
+        collection_name: str | None,
+        *,
+        query_k: int | None = None,
+        score: str = "code",
+        rerank: int | None = None,
+        rerank_on: str = "auto",
+        candidates: int | None = None,
+        hybrid: bool = False,
+        rrf_k: int = 2,
+        quantization_rescore: bool | None = None,
+        oversampling: float | None = None,
+        vector_name: str = DEFAULT_VECTOR_NAME,
+        dense_vector_name: str = DEFAULT_DENSE_VECTOR_NAME,
+        batch_size: int = 64,
+        check: bool = True,
+    ) -> None:
+        encoder, index = encoder_of(model), index_of(model)
+        self.encoder, self.index = encoder, index
+        self.query_k = None if query_k is None else check_positive(query_k, "query_k", encoder.k)
+        if score not in SCORE_MODES:
+            raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
+        if rerank_on not in RERANK_ON:
+            raise ValueError(f"rerank_on must be one of {RERANK_ON}, got {rerank_on!r}")
+        if rerank is not None and (isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0):
+            raise ValueError(f"rerank must be a non-negative integer, got {rerank!r}")
+        if score == "asymmetric" and index is None:
+            raise ValueError('score="asymmetric" re-scores candidates with their stored codes: pass the CSRIndex '
+                             "(or use server-side re-ranking of the dense vectors: rerank_on='server')")
+        if oversampling is not None and not (isinstance(oversampling, (int, float)) and oversampling >= 1):
+            raise ValueError(f"oversampling must be a number >= 1, got {oversampling!r}")
+        self.rrf_k = check_positive(rrf_k, "rrf_k")
+        self.batch_size = check_positive(batch_size, "batch_size")
+        vector_name = check_name(vector_name, "vector_name")
+        local_vectors = index is not None and index.store_vectors
+
+        self.target = open_target(client, collection_name, vector_name, dense_vector_name)
+        self.where = where = self.target.describe()
+        if rerank_on == "auto":
+            rerank_on = ("local" if local_vectors else "server" if rerank != 0 and score == "code"
+                         and self.target.has_dense(encoder.d) else "none")
+        if rerank_on == "local" and rerank != 0 and not local_vectors:
+            raise ValueError("local re-ranking needs the original vectors: pass a CSRIndex built with "
+                             "store_vectors=True, or re-rank on the server (rerank_on='server')")
+        if rerank_on == "none" and rerank:
+            raise ValueError(f"rerank={rerank} needs the original vectors (a CSRIndex built with store_vectors=True) "
+                             f"or dense vectors in {where} (export with dense=True) for server-side re-ranking")
+        if rerank_on == "server" and score == "asymmetric":
+            raise ValueError('score="asymmetric" re-scores locally; it does not combine with rerank_on="server"')
+        if candidates is not None:
+            candidates = check_positive(candidates, "candidates")
+        self.score, self.rerank_on, self.rerank, self.candidates = score, rerank_on, rerank, candidates
+        self.hybrid = bool(hybrid)
+        self.rescore = quantization_rescore
+        self.oversampling = None if oversampling is None else float(oversampling)
+        if check:
+            server = rerank_on == "server" and rerank != 0
+            self.target.check_layout(idf=None, dense_size=encoder.d if hybrid or server else None)
+            check_search_metadata(self.target.read_metadata(), encoder, where, vector_name)
+            if self.target.sparse_has_idf():
+                log.warning("%s applies IDF to %r: scores will differ from CSRIndex.search", where, vector_name)
+            if hybrid and self.target.dense_graph() is False:
+                log.warning("%s has no HNSW graph on %r (dense_hnsw=False, the default for re-ranking): the dense "
+                            "prefetch of hybrid search scans every point; export with dense_hnsw=True for hybrid "
+                            "search", where, dense_vector_name)
+
+    def plan(self, topk: int) -> tuple[QueryPlan, int]:
+        """The request one query of a ``topk`` search sends, and the re-rank depth."""
+        rerank = self.rerank
+        if rerank is None:
+            rerank = default_rerank("code", topk) if self.rerank_on in ("local", "server") else 0
+        server = self.rerank_on == "server" and rerank > 0
+        shortlist = max(topk, int(rerank))
+        candidates = self.candidates
+        if candidates is None:
+            candidates = shortlist if self.score == "code" else max(10 * shortlist, 1000)
+        if candidates < shortlist:
+            raise ValueError(f"candidates={candidates} is below the shortlist max(topk, rerank)={shortlist}")
+        if server and candidates != rerank:
+            log.debug("the server re-ranks all %d candidates (rerank=%d)", candidates, rerank)
+        plan = QueryPlan(candidates=candidates, limit=topk if server else candidates, hybrid=self.hybrid,
+                         rrf_k=self.rrf_k, server_rerank=server, rescore=self.rescore, oversampling=self.oversampling)
+        return plan, int(rerank)
+
+    def search(self, xq: Any, topk: int = 10, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(D, I)`` of the ``topk`` best points for each query of ``xq`` (nq, d); see :func:`search`."""
+        topk = check_positive(topk, "topk", 1 << 31)
+        plan, rerank = self.plan(topk)
+        encoder, where = self.encoder, self.where
+        one = query_row(encoder, xq, self.query_k or encoder.k)  # a single query: one compiled call
+        if one is not None:
+            xq_prepared, indices, values = one
+            sparse: list[SparseRow | None] = [(indices, values) if indices else None]
+        else:
+            xq_prepared = encoder.prepare(xq, "queries")
+            codes = encoder.weigh(encoder.encode_prepared(xq_prepared, self.query_k or encoder.k)[0])
+            sparse = [row if row[0] else None for row in sparse_rows(codes.indices, codes.values)]
+        nq = len(xq_prepared)
+        D = np.full((nq, plan.limit), -np.inf, dtype=np.float32)
+        I = np.full((nq, plan.limit), -1, dtype=np.int64)
+        # no bar unless asked: even a disabled tqdm costs tens of microseconds, a lot for a single query
+        bar = progress_bar(total=nq, unit="q", desc=f"search {where}") if progress else None
+        try:
+            for s in range(0, nq, self.batch_size):
+                e = min(nq, s + self.batch_size)
+                dense = xq_prepared[s:e] if plan.hybrid or plan.server_rerank else None
+                for qi, hits in enumerate(self.target.query(sparse[s:e], dense, plan), start=s):
+                    for j, (pid, sc) in enumerate(hits[: plan.limit]):
+                        if isinstance(pid, bool) or not isinstance(pid, (int, np.integer)):
+                            raise ValueError(
+                                f"{where} returned point id {pid!r}; csr-index needs integer ids "
+                                "(as export() and export_parquet() write them)"
+                            )
+                        I[qi, j] = pid
+                        D[qi, j] = sc
+                if bar is not None:
+                    bar.update(e - s)
+        finally:
             if bar is not None:
-                bar.update(e - s)
-    finally:
-        if bar is not None:
-            bar.close()
-    if server:
+                bar.close()
+        if plan.server_rerank:
+            return D[:, :topk], I[:, :topk]
+        shortlist = max(topk, rerank)
+        if self.score == "asymmetric":
+            D, I = _rescore(self.index, xq, I, shortlist, "asymmetric", self.query_k)
+        else:
+            D, I = D[:, :shortlist], I[:, :shortlist]
+        if rerank:
+            D, I = _rescore(self.index, xq, I, topk, "exact")
         return D[:, :topk], I[:, :topk]
-    if score == "asymmetric":
-        D, I = _rescore(index, xq, I, shortlist, "asymmetric", query_k)
-    else:
-        D, I = D[:, :shortlist], I[:, :shortlist]
-    if rerank:
-        D, I = _rescore(index, xq, I, topk, "exact")
-    return D[:, :topk], I[:, :topk]
 
 
 def fetch_payload(client: Target, collection_name: str | None, ids: Any, field: str = "key",
