@@ -13,7 +13,7 @@ import numpy as np
 
 from csr_index.codes import SparseCodes
 from csr_index.errors import NotTrainedError
-from csr_index.validation import as_ids, check_positive
+from csr_index.validation import as_ids
 
 if TYPE_CHECKING:
     from csr_index.encoder import CSREncoder
