@@ -1,14 +1,14 @@
-"""One query's weighed code in one compiled call: the single-query path of a search served by
-another engine (Qdrant).
+"""One query's weighed code in one product and one compiled call: the single-query path of a
+search served by another engine (Qdrant).
 
 ``encoder.query_code_vectors(x)`` and the conversion of its slots to (indices, values) rows take
 some twenty numpy calls. Sent one query at a time, with the search engine running in between and
-evicting their code and data from the caches, those calls cost about half a millisecond on a
-2-core VM — a third of Qdrant's own sparse search over 100k points. :func:`query_row` does the
-same arithmetic in one numba call: L2 normalisation (metric 'cosine'), the product with W^T, the
-top-k and refit of :mod:`csr_index.sparsify`, the latent weights, normalisation, and slots ordered
-by latent. It agrees with the general path up to float rounding (the product sums in another
-order than the BLAS).
+evicting their code and data from the caches, those calls cost several times what they cost
+warm, a sizeable share of a single query's latency. :func:`query_row` does the
+same arithmetic in one BLAS product and one numba call: the product with W^T, then L2
+normalisation (metric 'cosine'), the top-k and refit of :mod:`csr_index.sparsify`, the latent
+weights, normalisation, and slots ordered by latent. It agrees with the general path up to float
+rounding (the product is scaled after, not before).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ __all__ = ["query_row"]
 
 
 @njit(cache=True)
-def _query_code(x, WT, shift, select, k, refit, gram, latent_bias, w_bias, bias_sq, weight, cosine, out_x, out_idx,
+def _query_code(x, pre, shift, select, k, refit, gram, latent_bias, w_bias, bias_sq, weight, cosine, out_x, out_idx,
                 out_val):
-    """Prepared query into ``out_x`` (d,) and its weighed code's non-zero slots, by ascending latent,
-    into ``out_idx`` / ``out_val``; returns their count, or -1 (a NaN or inf) or -2 (a zero vector
+    """From a query ``x`` (d,) and its product ``pre`` = x W^T (1, h, overwritten): the prepared
+    query into ``out_x`` (d,) and its weighed code's non-zero slots, by ascending latent, into
+    ``out_idx`` / ``out_val``; returns their count, or -1 (a NaN or inf) or -2 (a zero vector
     under cosine) for the caller to report."""
-    d, h = WT.shape
+    d, h = x.shape[0], pre.shape[1]
     sq = 0.0
     for j in range(d):
         if not np.isfinite(x[j]):
@@ -43,15 +44,11 @@ def _query_code(x, WT, shift, select, k, refit, gram, latent_bias, w_bias, bias_
         if sq == 0.0:
             return -2
         norm = np.float32(np.sqrt(sq))
-    pre = np.zeros((1, h), dtype=np.float32)
-    row = pre[0]
     for j in range(d):
         out_x[j] = x[j] / norm
-        xj = out_x[j]
-        for c in range(h):
-            row[c] += xj * WT[j, c]
-    for c in range(h):
-        row[c] += shift[c]
+    row = pre[0]
+    for c in range(h):  # (x / |x|) W^T + shift: the pre-activations plus the selection bias
+        row[c] = row[c] / norm + shift[c]
     idx = np.empty((1, k), dtype=np.int64)
     val = np.empty((1, k), dtype=np.float32)
     code_norm = np.empty(1, dtype=np.float32)
@@ -92,7 +89,7 @@ def query_row(encoder: "CSREncoder", x: Any, k: int) -> tuple[np.ndarray, list[i
     out_x = np.empty((1, encoder.d), dtype=np.float32)
     out_idx = np.empty(k, dtype=np.int64)
     out_val = np.empty(k, dtype=np.float32)
-    n = _query_code(np.ascontiguousarray(x[0]), WT, shift, np.empty(0, np.float32) if select is None else select,
+    n = _query_code(x[0], x @ WT, shift, np.empty(0, np.float32) if select is None else select,
                     k, bool(encoder.config.refit), gram, latent_bias, w_bias, bias_sq, encoder.latent_weight,
                     encoder.metric == "cosine", out_x[0], out_idx, out_val)
     if n < 0:
