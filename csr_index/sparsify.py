@@ -165,7 +165,7 @@ ROWS_PER_CHUNK = 256
 
 def _row_chunks(n: int) -> int:
     """Threads (chunks of rows) a batch of ``n`` rows is split over: numba's count, at most one per ROWS_PER_CHUNK."""
-    return 1 if n < 2 * ROWS_PER_CHUNK else min(num_threads(), n // ROWS_PER_CHUNK)
+    return min(num_threads(), max(1, n // ROWS_PER_CHUNK))
 
 
 @njit(cache=True, parallel=True)
