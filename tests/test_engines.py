@@ -604,15 +604,16 @@ def test_constructor_rejects_unknown_engine():
 def test_shortlist_keeps_the_best_partial_scores(seed, budget):
     """The pruned engine's linear-time selection equals a full sort (ties: lower doc first),
     whatever the sampled threshold does: touched docs in a few runs, ties, skips, a scale."""
-    from csr_index.engines.shortlist import _shortlist
+    from csr_index.engines.shortlist import SAMPLE_CHUNKS, _shortlist
 
     rng = np.random.default_rng(seed)
     n = 3000
     acc = np.zeros(n, np.float32)
     touched = rng.random(n) < [0.02, 0.3, 1.0, 0.5, 0.1, 0.7][seed]
-    if seed == 3:  # touched docs only off the sampled positions: the sample sees none of them
-        touched &= np.arange(n) % 16 != 0
     acc[touched] = np.round(rng.normal(size=touched.sum()), 1 if seed == 4 else 6)  # seed 4: many ties
+    if seed == 3:  # the sampled runs hold the best scores: the sampled threshold passes too few docs
+        acc[np.arange(SAMPLE_CHUNKS)[:, None] * n // SAMPLE_CHUNKS + np.arange(max(1, n // 1024))] += 10
+        touched = acc != 0
     acc[touched & (acc == 0)] = 0.5
     scale = rng.uniform(0.5, 2.0, n).astype(np.float32) if seed % 2 else np.empty(0, np.float32)
     skip = (rng.random(n) < 0.1).astype(np.uint8) if seed in (1, 5) else np.empty(0, np.uint8)
