@@ -1,4 +1,4 @@
-"""Search speed of csr-index against exact dense search, HNSW and IVF-PQ, in one run.
+"""Search speed of csr-index against exact dense search, HNSW, IVF-PQ, kANNolo's HNSW and Seismic, in one run.
 
     python benchmarks/speed.py [--sizes 100k,1m] [--singles 300] [--plot docs/speed.png]
 
@@ -13,6 +13,8 @@ recall@10 against the exact top-10, batch throughput (the 1,000 queries at once,
 single-query latency p50 / p99 (one query at a time, 1 thread), build seconds, memory per
 stored vector (everything the index holds: codes, ids, norms, posting lists, originals).
 CSR rows add: the busiest latent's share of documents and the postings a query reads / N.
+kANNolo and Seismic rows need the extra ``anchors`` (left out without it); Seismic runs on the
+CSR index's own codes (seismic_anchor.py).
 Exact dense is the faster of numpy BLAS and faiss IndexFlatIP; ratios are against it.
 """
 
@@ -39,6 +41,7 @@ from csr_index.evaluation import evaluate_run
 from csr_index.io import read_embeddings
 from csr_index.budgets import CANDIDATE_GROWTH, RERANK_GROWTH
 from csr_index.scoring import default_rerank
+from seismic_anchor import seismic_rows
 
 TOPK = 10
 D = 384
@@ -297,6 +300,8 @@ def csr_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, args)
                                  args.singles_slow if scans else args.singles),
                         busiest=stats["busiest_latent_doc_fraction"], postings_per_n=reads))
         logging.getLogger("speed").info("%s", rows[-1])
+    index.set_engine("auto")
+    rows += seismic_rows(index, xq, lambda *a: Row(size, *a), lambda search: measure(search, xq, truth, args.singles))
     return rows, paired
 
 

@@ -1,0 +1,101 @@
+"""Where the default search's shortlist spends its time, stage by stage, at 100k and 1M.
+
+    python benchmarks/shortlist_stages.py [--sizes 100k,1m] [--queries 300]
+
+The same data, index and adapter as speed.py (the 1M set is pypi-100k plus 900k synthetic
+mixes). For each query, one after another on one thread, the pruned engine's stages are timed
+apart: adding the posting lists of the query's ``query_cut`` strongest terms into the
+accumulator, selecting the candidates from it, and scoring the candidates exactly from the
+forward index; then, in a second pass over the same queries, the whole engine call. Prints p50 per stage, the postings
+read and the candidates scored. The engine is the one a default ``index.search`` builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit
+
+from common import CACHE, pin_threads
+from csr_index.engines.base import sparse_query_arrays
+from csr_index.engines.kernels import _forward_score, _offer, prefetch
+from csr_index.engines.shortlist import _add_lists, _shortlist
+from csr_index.scoring import SCORES, default_rerank
+from speed import TOPK, csr_index_for, load_data
+
+
+@njit(cache=True)
+def _score(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
+    """The engine's exact stage: the candidates' asymmetric scores, the best ``len(hv)`` kept."""
+    size = 0
+    for r in range(m):
+        if r + 4 < m:
+            prefetch(fwd_idx[rows[r + 4]], 0)
+            prefetch(fwd_val[rows[r + 4]], 0)
+        d = rows[r]
+        size = _offer(hv, hi, size, (_forward_score(qrow, fwd_idx, fwd_val, lut, d) + off) * scale[d], d)
+    return size
+
+
+def stages(size: str, queries: int) -> None:
+    class Args:
+        cache = CACHE
+
+    xb, xq = load_data(size, CACHE)
+    index = csr_index_for(size, xb, Args)
+    del xb
+    pin_threads(1)
+    index.search(xq[:2], TOPK)  # builds the default engine
+    seg = index._store.snapshot.segments[0]
+    engine = seg.engine(index._engine_spec)
+    score = SCORES["asymmetric"]
+    scale = score.scale(index.encoder, seg)
+    rerank = default_rerank("asymmetric", TOPK, index.ntotal)
+    budget = engine.shortlist_size(rerank)
+    p, f = engine.postings, engine.forward
+    acc = np.zeros(engine.n, np.float32)
+    rows = np.empty(engine.n + 1, np.int32)
+    skip = np.zeros(0, np.uint8)
+    hv, hi = np.empty(rerank, np.float32), np.empty(rerank, np.int64)
+    batches = [score.queries(index.encoder, index.prepare(xq[q : q + 1], "queries"), index.k)
+               for q in range(queries + 1)]
+    times: dict[str, list[float]] = {"lists": [], "selection": [], "exact scores": [], "whole engine call": []}
+    postings = []
+    for q, batch in enumerate(batches):  # the stages, query after query
+        qptr, qlat, qval = sparse_query_arrays(batch.terms)
+        off = np.float32(batch.offset[0]) if batch.offset is not None else np.float32(0)
+        t0 = time.perf_counter()
+        _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, acc)
+        t1 = time.perf_counter()
+        m = _shortlist(acc, off, scale, skip, budget, rows)
+        t2 = time.perf_counter()
+        _score(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
+        t3 = time.perf_counter()
+        if q:  # the first query compiles and warms up
+            for name, a, b in zip(times, (t0, t1, t2), (t1, t2, t3)):
+                times[name].append(b - a)
+            postings.append(int(sum(p.indptr[t + 1] - p.indptr[t] for t in qlat[: engine.query_cut])))
+    for q, batch in enumerate(batches):  # then the engine's own call, in a second pass (caches as cold)
+        t0 = time.perf_counter()
+        engine.search(batch, rerank, scale)
+        if q:
+            times["whole engine call"].append(time.perf_counter() - t0)
+    print(f"{size}: n {engine.n:,}, query_cut {engine.query_cut}, candidates {budget:,}, re-rank {rerank}, "
+          f"postings read per query {np.mean(postings):,.0f}")
+    for name, ts in times.items():
+        print(f"  {name}: p50 {1e3 * np.median(ts):.3f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100k,1m")
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    for size in args.sizes.split(","):
+        stages(size, args.queries)
+
+
+if __name__ == "__main__":
+    main()
