@@ -205,9 +205,9 @@ class CSREncoder:
         adapter = self.require_trained()
         refit = self.config.refit if refit is None else refit
         tables = self._gram_tables()
-        compiled = tables is not None and self.device.type == "cpu"
+        compiled = self.cpu_tables() is not None
         if compiled and len(xs) <= FEW_ROWS:  # a few queries: a numpy product, no torch call (~0.5 ms for one)
-            WT, shift = self._cpu_tables()[:2]
+            WT, shift = self.cpu_tables()[:2]
             pre = xs @ WT
             pre += shift
             indices, values, norms = self._encode_compiled(pre, k, refit)
@@ -237,14 +237,17 @@ class CSREncoder:
 
     def _encode_compiled(self, pre: np.ndarray, k: int, refit: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices, values, norms) of pre-activations ``pre`` (n, h) by the compiled CPU kernel."""
-        select, latent_bias, w_bias, bias_sq, gram = self._cpu_tables()[2:]
+        select, latent_bias, w_bias, bias_sq, gram = self.cpu_tables()[2:]
         return encode_rows(pre, k, gram, latent_bias, w_bias, bias_sq, refit, select=select,
                            index_dtype=index_dtype(self.h))
 
-    def _cpu_tables(self) -> tuple:
-        """numpy copies, per adapter, of what the CPU encoding path reads: W^T (d, h), the
-        pre-activation shift ``latent_bias - W pre_bias``, the selection bias (None when zero),
-        latent_bias, W pre_bias, ||pre_bias||^2 and W W^T."""
+    def cpu_tables(self) -> tuple | None:
+        """What the compiled CPU encoding path reads, as numpy copies made once per adapter: W^T
+        (d, h), the pre-activation shift ``latent_bias - W pre_bias``, the selection bias (None when
+        zero), latent_bias, W pre_bias, ||pre_bias||^2 and W W^T. None where that path does not
+        apply (an encoder on a GPU, or h above GRAM_MAX_H): torch encodes instead."""
+        if self.device.type != "cpu" or self._gram_tables() is None:
+            return None
         if "cpu" not in self._derived:
             a = self.require_trained()
             gram, w_bias = self._gram_tables()

@@ -82,10 +82,10 @@ def query_row(encoder: "CSREncoder", x: Any, k: int) -> tuple[np.ndarray, list[i
     and values of its non-zero slots. None where this path does not apply (any other input, an
     encoder on a GPU or wider than the compiled kernels take): use the general one. Invalid input
     (NaN, inf, a zero vector under cosine) raises the same errors as ``encoder.prepare``."""
-    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (1, encoder.d)
-            and encoder.device.type == "cpu" and encoder._gram_tables() is not None):
+    tables = encoder.cpu_tables()
+    if tables is None or not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (1, encoder.d)):
         return None
-    WT, shift, select, latent_bias, w_bias, bias_sq, gram = encoder._cpu_tables()
+    WT, shift, select, latent_bias, w_bias, bias_sq, gram = tables
     out_x = np.empty((1, encoder.d), dtype=np.float32)
     out_idx = np.empty(k, dtype=np.int64)
     out_val = np.empty(k, dtype=np.float32)

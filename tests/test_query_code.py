@@ -35,6 +35,26 @@ def test_query_row_leaves_other_inputs_to_the_general_path(index, queries):
     assert query_row(enc, queries[0].tolist(), enc.k) is None
 
 
+def test_wide_adapters_take_the_torch_path(index, queries, monkeypatch):
+    """Above GRAM_MAX_H there are no compiled tables: ``cpu_tables`` is None, ``query_row`` leaves
+    the query to the general path, and encoding still gives the same codes (torch's path)."""
+    import copy
+
+    import csr_index.encoder as encoder_module
+
+    enc = index.encoder
+    x = np.array(queries[:3])
+    ref = enc.encode(x)
+    assert enc.cpu_tables() is not None
+    wide = copy.deepcopy(enc)  # copies drop the cached tables
+    monkeypatch.setattr(encoder_module, "GRAM_MAX_H", enc.h - 1)
+    assert wide.cpu_tables() is None
+    assert query_row(wide, x[:1], wide.k) is None
+    got = wide.encode(x)
+    np.testing.assert_array_equal(np.sort(got.indices, axis=1), np.sort(ref.indices, axis=1))
+    np.testing.assert_allclose(np.sort(got.values, axis=1), np.sort(ref.values, axis=1), rtol=1e-4, atol=1e-5)
+
+
 def test_query_row_rejects_bad_vectors_like_prepare(index, queries):
     enc = index.encoder
     x = np.array(queries[:1])
