@@ -5,7 +5,8 @@ a Qdrant collection): it prepares vectors (L2-normalised under ``metric="cosine"
 encodes them, projects queries for asymmetric scoring, decodes codes, and weighs codes
 the way code x code scoring does. It is saved and loaded as an index directory without
 documents (:meth:`save`, :meth:`load`), so ``CSRIndex.load`` of that directory gives
-a trained, empty index.
+a trained, empty index. How it encodes (the compiled CPU kernel or torch, and the tables
+each reads) is :mod:`csr_index.encoding`, which it inherits.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from .codes import SparseCodes, index_dtype
+
+from .codes import SparseCodes
 from .config import CSRConfig
+from .encoding import EncodingPaths
 from .errors import CorruptIndexError, NotTrainedError
 from .manifest import read_manifest
 from .model import SparseAdapter
-from .progress import progress_bar
-from .sparsify import GRAM_MAX_H, encode_rows, support_rows
+from .sparsify import support_rows
 from .storage import read_adapter, write_index
 from .train import resolve_device, train_adapter
 from .validation import as_matrix, check_positive, sample_rows
@@ -32,17 +34,10 @@ __all__ = ["CSREncoder", "METRICS"]
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "ip")
-WORKING_SET = 1 << 24
-"""Float32 elements an encoding batch may hold in its largest block (64 MiB): the (batch, h)
-pre-activations, or the (batch, k, d) atoms gathered when there is no gram matrix; the
-batch shrinks as the model grows, so memory does not."""
 STATS_SAMPLE = 32_768
 """Training vectors whose codes give the IDF weights and the reported fvu (all of them when fewer)."""
-FEW_ROWS = 16
-"""Up to this many rows (a few queries) encode on the CPU with numpy and the compiled kernel alone, no torch."""
 
-
-class CSREncoder:
+class CSREncoder(EncodingPaths):
     """A CSR adapter (:class:`SparseAdapter`) with its metric, latent weights and config.
 
     >>> enc = CSREncoder(384, k=32).fit(xb)        # h defaults to 4 * d
@@ -164,119 +159,6 @@ class CSREncoder:
         return self
 
     # --------------------------------------------------------------- encoding
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(x).to(self.device)
-
-    def batch_size(self, k: int) -> int:
-        """Vectors per encoding batch: its largest block stays under WORKING_SET elements."""
-        widest = self.h if self.h <= GRAM_MAX_H else max(self.h, k * self.d)
-        return int(max(64, min(8192, WORKING_SET // widest)))
-
-    def _gram_tables(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(W W^T, W pre_bias) on the device, computed once per adapter; None above GRAM_MAX_H."""
-        if "gram" not in self._derived and self.h <= GRAM_MAX_H:
-            with torch.inference_mode():
-                self._derived["gram"] = self.require_trained().gram()
-        return self._derived.get("gram")
-
-    def _query_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """numpy copies for the query path: W^T (d, h, contiguous: a single query's product reads it
-        row after row, 30 % faster than W's transpose view), pre_bias (d,), and the shift (h,) that turns
-        a projection into selection scores (``x W^T + latent_bias - W pre_bias + selection_bias``,
-        the pre-activations plus the selection bias: what picks a code's support) and the
-        selection bias (h,) itself."""
-        if "query" not in self._derived:
-            a = self.require_trained()
-            with torch.inference_mode():
-                W = a.W.detach().cpu().numpy().astype(np.float32)
-                b = a.pre_bias.detach().cpu().numpy().astype(np.float32)
-                shift = (a.latent_bias - a.W @ a.pre_bias + a.selection_bias).cpu().numpy().astype(np.float32)
-                select = a.selection_bias.detach().cpu().numpy().astype(np.float32)
-            self._derived["query"] = (np.ascontiguousarray(W.T), b, shift, select)
-        return self._derived["query"]
-
-    def encode_prepared(self, xs: np.ndarray, k: int, refit: bool | None = None) -> tuple[SparseCodes, np.ndarray]:
-        """Codes (float32 values) of prepared vectors at ``k`` latents, and the L2 norms of
-        their reconstructions (float32, n). ``refit`` defaults to ``config.refit``.
-
-        Each batch is one product to pre-activations (torch; numpy for up to FEW_ROWS rows), then
-        on a CPU the compiled per-row kernel of :mod:`csr_index.sparsify` (top-k, refit, norms);
-        on a GPU, or above GRAM_MAX_H, the same steps in torch."""
-        adapter = self.require_trained()
-        refit = self.config.refit if refit is None else refit
-        tables = self._gram_tables()
-        compiled = self.cpu_tables() is not None
-        if compiled and len(xs) <= FEW_ROWS:  # a few queries: a numpy product, no torch call (~0.5 ms for one)
-            WT, shift = self.cpu_tables()[:2]
-            pre = xs @ WT
-            pre += shift
-            indices, values, norms = self._encode_compiled(pre, k, refit)
-            return SparseCodes(indices, values, self.h), norms.astype(np.float32)
-        with torch.inference_mode():  # W pre_bias: the cached table when there is one (not a product per call)
-            shift = adapter.latent_bias - (tables[1] if tables is not None else adapter.W @ adapter.pre_bias)
-        step = self.batch_size(k)
-        idx_parts, val_parts, norm_parts = [], [], []
-        starts = range(0, len(xs), step)
-        show = self.progress and len(xs) > 10 * step
-        with torch.inference_mode():
-            # one output buffer for every batch: a fresh (step, h) product each time page-faults
-            # its memory in again (pypi-100k: ~20 % of the product's time)
-            buffer = torch.empty((min(step, len(xs)), self.h), device=adapter.W.device, dtype=adapter.W.dtype)
-            for s in progress_bar(starts, show, desc="encoding", unit="batch"):
-                xb = self._tensor(xs[s : s + step])
-                pre = torch.addmm(shift, xb, adapter.W.T, out=buffer[: len(xb)])  # = preactivations, one pass
-                if compiled:
-                    indices, values, norms = self._encode_compiled(pre.numpy(), k, refit)
-                else:
-                    values, indices, norms = self._encode_torch(adapter, pre, k, refit, tables)
-                idx_parts.append(indices)
-                val_parts.append(values)
-                norm_parts.append(norms)
-        codes = SparseCodes(np.concatenate(idx_parts), np.concatenate(val_parts), self.h)
-        return codes, np.concatenate(norm_parts).astype(np.float32)
-
-    def _encode_compiled(self, pre: np.ndarray, k: int, refit: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices, values, norms) of pre-activations ``pre`` (n, h) by the compiled CPU kernel."""
-        select, latent_bias, w_bias, bias_sq, gram = self.cpu_tables()[2:]
-        return encode_rows(pre, k, gram, latent_bias, w_bias, bias_sq, refit, select=select,
-                           index_dtype=index_dtype(self.h))
-
-    def cpu_tables(self) -> tuple | None:
-        """What the compiled CPU encoding path reads, as numpy copies made once per adapter: W^T
-        (d, h), the pre-activation shift ``latent_bias - W pre_bias``, the selection bias (None when
-        zero), latent_bias, W pre_bias, ||pre_bias||^2 and W W^T. None where that path does not
-        apply (an encoder on a GPU, or h above GRAM_MAX_H): torch encodes instead."""
-        if self.device.type != "cpu" or self._gram_tables() is None:
-            return None
-        if "cpu" not in self._derived:
-            a = self.require_trained()
-            gram, w_bias = self._gram_tables()
-            with torch.inference_mode():
-                select = a.selection_bias.detach().cpu().numpy() if bool(a.selection_bias.any()) else None
-                self._derived["cpu"] = (self._query_tables()[0], (a.latent_bias - w_bias).detach().cpu().numpy(),
-                                        select, a.latent_bias.detach().cpu().numpy(), w_bias.detach().cpu().numpy(),
-                                        float(a.pre_bias.pow(2).sum()), gram.detach().cpu().numpy())
-        return self._derived["cpu"]
-
-    def _encode_torch(self, adapter: SparseAdapter, pre: torch.Tensor, k: int, refit: bool,
-                      tables: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One batch's (values, indices, norms) from its pre-activations, in torch (any device)."""
-        values, indices = adapter.topk(pre, k)
-        if not refit:  # slots by descending value, as the compiled kernel and refit give them
-            values, order = torch.sort(values, dim=1, descending=True)
-            indices = indices.gather(1, order)
-        if tables is None:
-            if refit:
-                values, indices, _ = adapter.refit(pre, indices, adapter.support_gram(indices))
-            norms = adapter.decode(values, indices).norm(dim=1)
-        else:  # one gather of W_S W_S^T serves the refit and the norms
-            g = adapter.support_gram(indices, tables[0])
-            if refit:
-                values, indices, order = adapter.refit(pre, indices, g)
-                g = g.gather(1, order.unsqueeze(2).expand_as(g)).gather(2, order.unsqueeze(1).expand_as(g))
-            norms = adapter.code_norms(values, indices, g, tables[1])
-        return (values.cpu().numpy(), indices.cpu().numpy().astype(index_dtype(self.h)), norms.cpu().numpy())
-
     def encode(self, x: Any, k: int | None = None) -> SparseCodes:
         """k-sparse codes (float32 values) of vectors ``x`` (n, d); ``k`` defaults to the encoder's k."""
         k = self.k if k is None else check_positive(k, "k", self.k)

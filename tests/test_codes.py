@@ -137,7 +137,7 @@ def test_encode_is_deterministic_and_batch_independent(index, corpus):
 def test_a_few_rows_encode_as_in_a_batch(index, corpus):
     """Up to FEW_ROWS rows take the numpy + compiled path (no torch); larger batches the torch
     product: same supports, values and reconstruction norms for every row."""
-    from csr_index.encoder import FEW_ROWS
+    from csr_index.encoding import FEW_ROWS
 
     enc = index.encoder
     xs = enc.prepare(corpus[:64])

@@ -40,14 +40,14 @@ def test_wide_adapters_take_the_torch_path(index, queries, monkeypatch):
     the query to the general path, and encoding still gives the same codes (torch's path)."""
     import copy
 
-    import csr_index.encoder as encoder_module
+    import csr_index.encoding as encoding_module
 
     enc = index.encoder
     x = np.array(queries[:3])
     ref = enc.encode(x)
     assert enc.cpu_tables() is not None
     wide = copy.deepcopy(enc)  # copies drop the cached tables
-    monkeypatch.setattr(encoder_module, "GRAM_MAX_H", enc.h - 1)
+    monkeypatch.setattr(encoding_module, "GRAM_MAX_H", enc.h - 1)
     assert wide.cpu_tables() is None
     assert query_row(wide, x[:1], wide.k) is None
     got = wide.encode(x)
