@@ -1,15 +1,18 @@
 """Seismic (pyseismic-lsr, extra ``anchors``) on csr-index's own codes: the anchor rows of speed.py.
 
 Seismic indexes the stored codes as code x code scoring sees them (``index.code_vectors()``) and
-answers with the query codes (``index.query_code_vectors``): its own task is the exact code x code
-top-k, which it approximates with blocked, summarised posting lists. Two rows per size: its
-code x code top-10 (recall against the dense top-10; the label gives its recall of the exact
-code x code top-10, the task it solves), and its top-300 re-ranked exactly against the index's
-originals (``index.rescore``), the whole pipeline CSR's default search is. Build settings follow
-Seismic's own guidelines (docs/Guidelines.md of TusKANNy/seismic): posting lists pruned to a
-quarter of their mean length (``n_postings``), ``centroid_fraction`` 0.1, ``summary_energy`` 0.5;
-search ``query_cut`` 8, ``heap_factor`` 0.9. Bytes per vector: what Seismic reports it holds
-(forward index, postings, block summaries), plus the int8 originals for the re-ranked row.
+answers with the same query codes as ``index.query_code_vectors`` (made by the compiled
+single-query encoder csr-index's own searches use): its own task is the exact code x code top-k,
+which it approximates with blocked, summarised posting lists. Two rows per size: its code x code
+top-10 (recall against the dense top-10; the label gives its recall of the exact code x code
+top-10, the task it solves), and its top-300 re-ranked exactly against the index's originals
+(``index.rescore``), the whole pipeline CSR's default search is. Settings, in the ranges
+Seismic's documentation recommends: ``n_postings`` (its static pruning: about that many entries
+per list on average) a quarter of the mean list length, ``centroid_fraction`` 0.1,
+``summary_energy`` 0.5, ``max_fraction`` 3; search ``query_cut`` 8, ``heap_factor`` 0.9 (a block
+is skipped when its summary scores below 0.9 x the current k-th score). Bytes per vector: what
+Seismic reports it holds (forward index, postings, block summaries), plus the int8 originals
+for the re-ranked row.
 """
 
 from __future__ import annotations
