@@ -656,9 +656,10 @@ def versus_dense(args: argparse.Namespace) -> None:
         build = {"upload": t1 - t0, "optimize": t2 - t1}
         print(f"{name}: upload {build['upload']:.1f}s, optimize {build['optimize']:.1f}s", file=sys.stderr, flush=True)
         shards.append((name, path, shard))
+        parts = shard_bytes(path, cq.DEFAULT_DENSE_VECTOR_NAME, cq.DEFAULT_VECTOR_NAME)
         for label, options in searches:
             rows.append({"layout": name, "search": label, "options": options, "shard": shard, "build": build,
-                         "parts": shard_bytes(path, cq.DEFAULT_DENSE_VECTOR_NAME, cq.DEFAULT_VECTOR_NAME), "n": n})
+                         "parts": parts, "n": n})
     pin_threads(1)  # one query at a time on one thread (the shards search on one thread too)
     runs = [(lambda q, r=row: r["shard"].search(q, topk, **r["options"])) for row in rows]
     for run in runs:  # warm-up

@@ -96,13 +96,10 @@ def seismic_rows(index: CSRIndex, xq: np.ndarray, row: Callable, measure: Callab
         out = np.full((len(q), k), -1, dtype=np.int64)
         for i in range(len(q)):
             compiled = query_row(index.encoder, q[i : i + 1], index.k)
-            if compiled is None:  # an input the compiled path does not take: the general encoder
-                code = index.query_code_vectors(q[i : i + 1], index.k)
-                keep = code.values[0] > 0
-                order = np.argsort(code.indices[0][keep])
-                latents, values = code.indices[0][keep][order], code.values[0][keep][order]
-            else:
-                _, latents, values = compiled
+            if compiled is None:
+                raise ValueError("the Seismic rows encode queries with csr-index's compiled single-query path: "
+                                 "float32 queries and an adapter on the CPU with h <= GRAM_MAX_H")
+            _, latents, values = compiled
             found = [r[1] for r in engine.search(np.asarray(latents, dtype=np.int32), np.asarray(values, dtype=np.float32),
                                                  k, QUERY_CUT, HEAP_FACTOR, 0, True)]
             out[i, :len(found)] = ids[np.asarray(found, dtype=np.int64)]

@@ -16,27 +16,12 @@ import argparse
 import time
 
 import numpy as np
-from numba import njit
 
 from common import CACHE, pin_threads
-from csr_index.engines.base import sparse_query_arrays
-from csr_index.engines.kernels import _forward_score, _offer, prefetch
-from csr_index.engines.shortlist import _add_lists, _shortlist
+from csr_index.engines.base import kernel_vector, sparse_query_arrays
+from csr_index.engines.shortlist import _add_lists, _score_rows, _shortlist
 from csr_index.scoring import SCORES, default_rerank
 from speed import TOPK, csr_index_for, load_data
-
-
-@njit(cache=True)
-def _score(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
-    """The engine's exact stage: the candidates' asymmetric scores, the best ``len(hv)`` kept."""
-    size = 0
-    for r in range(m):
-        if r + 4 < m:
-            prefetch(fwd_idx[rows[r + 4]], 0)
-            prefetch(fwd_val[rows[r + 4]], 0)
-        d = rows[r]
-        size = _offer(hv, hi, size, (_forward_score(qrow, fwd_idx, fwd_val, lut, d) + off) * scale[d], d)
-    return size
 
 
 def stages(size: str, queries: int) -> None:
@@ -51,7 +36,7 @@ def stages(size: str, queries: int) -> None:
     seg = index._store.snapshot.segments[0]
     engine = seg.engine(index._engine_spec)
     score = SCORES["asymmetric"]
-    scale = score.scale(index.encoder, seg)
+    scale = kernel_vector(score.scale(index.encoder, seg), engine.n, "scale")  # empty: none (metric 'ip')
     rerank = default_rerank("asymmetric", TOPK, index.ntotal)
     budget = engine.shortlist_size(rerank)
     p, f = engine.postings, engine.forward
@@ -71,7 +56,7 @@ def stages(size: str, queries: int) -> None:
         t1 = time.perf_counter()
         m = _shortlist(acc, off, scale, skip, budget, rows)
         t2 = time.perf_counter()
-        _score(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
+        _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
         t3 = time.perf_counter()
         if q:  # the first query compiles and warms up
             for name, a, b in zip(times, (t0, t1, t2), (t1, t2, t3)):

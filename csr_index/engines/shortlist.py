@@ -138,13 +138,32 @@ def _shortlist(acc, off, scale, skip, budget, rows):
 
 
 @njit(cache=True)
+def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
+    """The exact scores ``(qrow . code_d + off) * scale[d]`` of the shortlist ``rows[:m]`` from the
+    forward index, the best kept in the bounded heap (hv, hi); returns its size. The rows are
+    random: each one's cache lines are fetched a few rows ahead while the current one is scored."""
+    has_scale = scale.shape[0] > 0
+    size = 0
+    for r in range(m):
+        if r + PREFETCH_AHEAD < m:
+            ahead = rows[r + PREFETCH_AHEAD]
+            prefetch(fwd_idx[ahead], 0)
+            prefetch(fwd_val[ahead], 0)
+        d = rows[r]
+        s = _forward_score(qrow, fwd_idx, fwd_val, lut, d) + off
+        if has_scale:
+            s *= scale[d]
+        size = _offer(hv, hi, size, s, d)
+    return size
+
+
+@njit(cache=True)
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
                   indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
     acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
     hi = np.empty(topn, dtype=np.int64)
-    has_scale = scale.shape[0] > 0
     for q in range(q0, q1):
         off = _query_offset(offset, q)
         # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
@@ -157,17 +176,7 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
             for p in range(qptr[q], qptr[q + 1]):
                 qdense[qlat[p]] = qval[p]
             qrow = qdense
-        size = 0
-        for r in range(csize):
-            if r + PREFETCH_AHEAD < csize:  # random rows: fetch the next ones while scoring this
-                ahead = rows[r + PREFETCH_AHEAD]
-                prefetch(fwd_idx[ahead], 0)
-                prefetch(fwd_val[ahead], 0)
-            d = rows[r]
-            s = _forward_score(qrow, fwd_idx, fwd_val, lut, d) + off
-            if has_scale:
-                s *= scale[d]
-            size = _offer(hv, hi, size, s, d)
+        size = _score_rows(rows, csize, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi)
         if dense.shape[0] == 0:
             for p in range(qptr[q], qptr[q + 1]):
                 qdense[qlat[p]] = 0.0
