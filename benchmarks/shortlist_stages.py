@@ -5,7 +5,7 @@
 The same data, index and adapter as speed.py (the 1M set is pypi-100k plus 900k synthetic
 mixes). For each query, one after another on one thread, the pruned engine's stages are timed
 apart: adding the posting lists of the query's ``query_cut`` strongest terms into the
-accumulator, selecting the candidates from it, and scoring the candidates exactly from the
+accumulator (in a clustered segment, their runs in the query's nearest clusters only), selecting the candidates from it, and scoring the candidates exactly from the
 forward index; then, in a second pass over the same queries, the whole engine call. Prints p50 per stage, the postings
 read and the candidates scored. The engine is the one a default ``index.search`` builds.
 """
@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from common import CACHE, pin_threads
+from csr_index.clusters import nearest_clusters
 from csr_index.engines.base import kernel_vector, sparse_query_arrays
 from csr_index.engines.shortlist import _add_lists, _score_rows, _shortlist
 from csr_index.scoring import SCORES, default_rerank
@@ -44,31 +45,38 @@ def stages(size: str, queries: int) -> None:
     rows = np.empty(engine.n + 1, np.int32)
     skip = np.zeros(0, np.uint8)
     hv, hi = np.empty(rerank, np.float32), np.empty(rerank, np.int64)
-    batches = [score.queries(index.encoder, index.prepare(xq[q : q + 1], "queries"), index.k)
-               for q in range(queries + 1)]
+    prepared = [index.prepare(xq[q : q + 1], "queries") for q in range(queries + 1)]
+    batches = [score.queries(index.encoder, x, index.k) for x in prepared]
+    # the clusters each query's shortlist reads: its nearest ones (an unclustered engine: its one cluster)
+    probes = [engine._every if engine.clusters is None else nearest_clusters(seg.clusters, x, engine.probe_fraction)
+              for x in prepared]
+    starts, runs = engine._starts, engine._runs
     times: dict[str, list[float]] = {"lists": [], "selection": [], "exact scores": [], "whole engine call": []}
-    postings = []
+    postings, probed = [], []
     for q, batch in enumerate(batches):  # the stages, query after query
         qptr, qlat, qval = sparse_query_arrays(batch.terms)
         off = np.float32(batch.offset[0]) if batch.offset is not None else np.float32(0)
         t0 = time.perf_counter()
-        _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, acc)
+        _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
         t1 = time.perf_counter()
-        m = _shortlist(acc, off, scale, skip, budget, rows)
+        m = _shortlist(acc, off, scale, skip, budget, probes[q][0], starts, rows)
         t2 = time.perf_counter()
         _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
         t3 = time.perf_counter()
         if q:  # the first query compiles and warms up
             for name, a, b in zip(times, (t0, t1, t2), (t1, t2, t3)):
                 times[name].append(b - a)
-            postings.append(int(sum(p.indptr[t + 1] - p.indptr[t] for t in qlat[: engine.query_cut])))
+            mine = probes[q][0]
+            postings.append(int(sum((runs[t, mine + 1] - runs[t, mine]).sum() for t in qlat[: engine.query_cut])))
+            probed.append(int((starts[mine + 1] - starts[mine]).sum()))
     for q, batch in enumerate(batches):  # then the engine's own call, in a second pass (caches as cold)
         t0 = time.perf_counter()
-        engine.search(batch, rerank, scale)
+        engine.search(batch, rerank, scale, probes=None if engine.clusters is None else probes[q])
         if q:
             times["whole engine call"].append(time.perf_counter() - t0)
     print(f"{size}: n {engine.n:,}, query_cut {engine.query_cut}, candidates {budget:,}, re-rank {rerank}, "
-          f"postings read per query {np.mean(postings):,.0f}")
+          f"postings read per query {np.mean(postings):,.0f}, docs probed {np.mean(probed):,.0f}"
+          f" ({'not clustered' if seg.clusters is None else f'{seg.clusters.count} clusters, probe_fraction {engine.probe_fraction}'})")
     for name, ts in times.items():
         print(f"  {name}: p50 {1e3 * np.median(ts):.3f} ms")
 

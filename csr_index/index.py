@@ -46,15 +46,17 @@ class CSRIndex:
     ``"int8"`` (the default: one float32 scale per vector, symmetric per-vector quantisation, 388
     bytes at d = 384; exact scores are the dequantised vectors') or ``"float16"`` (768 bytes; on
     pypi-100k recall@10 0.972 instead of int8's 0.966, SciFact NDCG@10 0.6451 for both).
-    ``values_dtype``: stored code values, float32 or float16. ``engine``: see
-    :meth:`set_engine`. Searches are safe from many threads while one thread adds,
+    ``values_dtype``: stored code values, float32 or float16. ``cluster_rows``: order the rows of
+    merged segments of 262,144 rows or more by cluster, about this many rows each (None: off;
+    1024 measured in ``benchmarks/clustered.py``), so the shortlist reads only each query's
+    nearest clusters (see :mod:`csr_index.clusters`). ``engine``: see :meth:`set_engine`. Searches are safe from many threads while one thread adds,
     removes or saves: each search reads one snapshot of the segments.
     """
 
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
                  metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float16",
                  vectors_dtype: str = "int8", config: CSRConfig | None = None, progress: bool = False,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", cluster_rows: int | None = None) -> None:
         self.encoder = CSREncoder(d, k, h, metric=metric, config=config, progress=progress)
         self._k_doc = self.k if k_doc is None else check_positive(k_doc, "k_doc", self.k)
         for name, value, allowed in (("values_dtype", values_dtype, ("float32", "float16")),
@@ -64,6 +66,7 @@ class CSRIndex:
         self.store_vectors = bool(store_vectors)
         self.values_dtype, self.vectors_dtype = np.dtype(values_dtype), np.dtype(vectors_dtype)
         self._store = RowStore()
+        self._store.cluster_rows = check_positive(cluster_rows, "cluster_rows", allow_none=True)
         self._saves: dict[str, int] = {}  # index directory -> its save count when this handle last loaded/saved it
         self.set_engine(engine)
 
@@ -85,6 +88,7 @@ class CSRIndex:
     train_stats = property(lambda self: self.encoder.train_stats)
     is_trained = property(lambda self: self.encoder.is_trained)
     ntotal = property(lambda self: self._store.snapshot.ntotal, doc="Number of live stored vectors.")
+    cluster_rows = property(lambda self: self._store.cluster_rows, doc="Rows per cluster of merged segments (None: off).")
 
     @property
     def k_doc(self) -> int:
@@ -291,7 +295,8 @@ class CSRIndex:
         rows). ``overwrite=True`` replaces whatever index ``path`` holds, without either check."""
         self.encoder.require_trained()
         settings = {"k_doc": self.k_doc, "store_vectors": self.store_vectors, "values_dtype": str(self.values_dtype),
-                    **({"vectors_dtype": "int8"} if self.vectors_dtype == np.int8 else {})}  # absent: float16
+                    **({"vectors_dtype": "int8"} if self.vectors_dtype == np.int8 else {}),  # absent: float16
+                    **({"cluster_rows": self.cluster_rows} if self.cluster_rows else {})}  # absent: off
         with self._store.lock:
             snap = self._store.snapshot
             key = str(Path(path).resolve())

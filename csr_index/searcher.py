@@ -1,7 +1,7 @@
 """One search over every segment of a snapshot: shortlist by an engine, exact re-rank, merge.
 
-Each segment answers on its own (its engine, its deleted rows skipped, its originals
-for the re-rank) and the per-segment top lists are merged by score: the scores of one
+Each segment answers on its own (its engine, its deleted rows skipped, in a clustered
+segment only the query's nearest clusters shortlisted, its originals for the re-rank) and the per-segment top lists are merged by score: the scores of one
 mode are comparable across segments, so the merged list is the best of the union.
 """
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .clusters import nearest_clusters
 from .engines.base import empty_result, top_entries
 from .rerank import exact_topn, rerank_topn
 from .scoring import Score, score_rows
@@ -53,7 +54,10 @@ def search_codes(snap: "Snapshot", encoder: "CSREncoder", score: Score, spec: "E
     scores, where, rows = [], [], []
     for i, (seg, dead, live) in enumerate(zip(snap.segments, snap.deleted, snap.live_rows)):
         share = min(1.0, max(live, 1) / snap.ntotal)  # an approximate engine's budget: its share of the rows
-        D, r = seg.engine(spec).search(batch, shortlist, score.scale(encoder, seg), dead, share=share)
+        engine = seg.engine(spec)
+        probes = (nearest_clusters(seg.clusters, xq, engine.probe_fraction)
+                  if engine.clusters is not None else None)  # a clustered segment: the query's nearest clusters
+        D, r = engine.search(batch, shortlist, score.scale(encoder, seg), dead, share=share, probes=probes)
         scores.append(D), rows.append(r), where.append(np.where(r >= 0, i, -1))
     if len(scores) == 1:  # one segment: its list is the shortlist
         D, where, rows = scores[0], where[0], rows[0]

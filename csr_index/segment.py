@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .clusters import CLUSTER_MIN_ROWS, Clusters, cluster_order
 from .codes import SparseCodes, index_dtype
 from .engines import SearchEngine, make_engine
 from .errors import CorruptIndexError
@@ -48,6 +49,7 @@ class Segment:
         name: str | None = None,
         files: dict[str, Any] | None = None,
         scales: np.ndarray | None = None,
+        clusters: Clusters | None = None,
     ) -> None:
         n = len(ids)
         if codes.n != n or len(norms) != n or (vectors is not None and len(vectors) != n) or (
@@ -56,7 +58,10 @@ class Segment:
         if (vectors is not None and vectors.dtype == np.int8) != (scales is not None):
             raise ValueError("int8 originals need one scale per row (and only int8 originals have scales)")
         self.ids, self.codes, self.norms, self.vectors, self.keys = ids, codes, norms, vectors, keys
-        self.scales = scales
+        if clusters is not None and (vectors is None or clusters.start[-1] != n):
+            raise ValueError("clusters need the originals and must cover every row")
+        self.scales, self.clusters = scales, clusters
+        """``clusters``: the row ranges of a segment ordered by cluster at merge (see :mod:`csr_index.clusters`)."""
         self.name = name or uuid.uuid4().hex[:12]
         self.files: dict[str, Any] = dict(files or {})
         """Where the segment is saved: role -> {name, bytes, sha256} (empty until saved)."""
@@ -106,7 +111,8 @@ class Segment:
         """The search engine over this segment's codes for ``spec``, built on first use."""
         with self._lock:
             if self._engine is None or self._engine[0] != spec:
-                self._engine = (spec, make_engine(spec[0], self.codes, **dict(spec[1])))
+                starts = None if self.clusters is None else self.clusters.start
+                self._engine = (spec, make_engine(spec[0], self.codes, clusters=starts, **dict(spec[1])))
             return self._engine[1]
 
     def scale(self, mode: str, compute) -> np.ndarray | None:
@@ -128,6 +134,7 @@ class Segment:
             + (int(self.scales.nbytes) if self.scales is not None else 0),
             "keys": int(self.keys.nbytes) if self.keys is not None else 0,
             "postings": int(self.engine(spec).nbytes),
+            "clusters": self.clusters.nbytes if self.clusters is not None else 0,
         }
 
     # ------------------------------------------------------------ persistence
@@ -145,6 +152,8 @@ class Segment:
         }
         if self.keys is not None:
             columns["key"] = self.keys
+        if self.clusters is not None:
+            columns["cluster"] = pa.array(self.clusters.labels(), type=pa.int32())
         out = {"codes": pa.table(columns)}
         if self.vectors is not None:
             dtype = np.int8 if self.scales is not None else np.float16
@@ -188,11 +197,19 @@ class Segment:
             if scales is not None and (scales.shape != (n,) or not np.isfinite(scales).all() or (scales < 0).any()):
                 raise CorruptIndexError(f"{where} vector scales must be {n} finite non-negative values "
                                         f"(got {scales.shape[0]}, min {scales.min() if len(scales) else None})")
-        return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files, scales=scales)
+        clusters = None
+        if "cluster" in codes.column_names and vectors is not None:
+            clusters = Clusters.from_labels(codes.column("cluster").to_numpy(), vectors, scales, f"{root}: segment {name}")
+        return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files, scales=scales,
+                   clusters=clusters)
 
     @classmethod
-    def merge(cls, parts: list["Segment"], deleted: list[np.ndarray | None]) -> "Segment":
-        """One new segment holding the live rows of ``parts`` (rows where ``deleted`` is set are dropped)."""
+    def merge(cls, parts: list["Segment"], deleted: list[np.ndarray | None], cluster_rows: int | None = None
+              ) -> "Segment":
+        """One new segment holding the live rows of ``parts`` (rows where ``deleted`` is set are
+        dropped); with ``cluster_rows``, originals and :data:`~csr_index.clusters.CLUSTER_MIN_ROWS`
+        rows or more, its rows are ordered by cluster, about ``cluster_rows`` each
+        (:func:`~csr_index.clusters.cluster_order`)."""
         keep = [np.flatnonzero(m == 0) if m is not None else slice(None) for m in deleted]
         codes = SparseCodes(np.concatenate([p.codes.indices[r] for p, r in zip(parts, keep)]),
                             np.concatenate([p.codes.values[r] for p, r in zip(parts, keep)]), parts[0].codes.h)
@@ -206,8 +223,24 @@ class Segment:
             keys = pa.concat_arrays([
                 (p.keys if p.keys is not None else pa.nulls(p.n, pa.string())).take(
                     pa.array(np.arange(p.n)[r], type=pa.int64())) for p, r in zip(parts, keep)])
-        return cls(np.concatenate([p.ids[r] for p, r in zip(parts, keep)]), codes,
-                   np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys, scales=scales)
+        merged = cls(np.concatenate([p.ids[r] for p, r in zip(parts, keep)]), codes,
+                     np.concatenate([p.norms[r] for p, r in zip(parts, keep)]), vectors, keys, scales=scales)
+        if not merged.clusterable(cluster_rows):
+            return merged
+        order, clusters = cluster_order(vectors, scales, cluster_rows)
+        return merged._take(order, clusters)
+
+    def clusterable(self, cluster_rows: int | None) -> bool:
+        """Whether a merge with ``cluster_rows`` would order this segment's rows by cluster (it
+        holds originals and :data:`~csr_index.clusters.CLUSTER_MIN_ROWS` rows, not yet clustered)."""
+        return bool(cluster_rows) and self.clusters is None and self.vectors is not None and self.n >= CLUSTER_MIN_ROWS
+
+    def _take(self, rows: np.ndarray, clusters: Clusters | None) -> "Segment":
+        """A new segment of this one's ``rows``, in that order, with ``clusters``."""
+        keys = None if self.keys is None else self.keys.take(pa.array(rows, type=pa.int64()))
+        return Segment(self.ids[rows], SparseCodes(self.codes.indices[rows], self.codes.values[rows], self.codes.h),
+                       self.norms[rows], None if self.vectors is None else self.vectors[rows], keys,
+                       scales=None if self.scales is None else self.scales[rows], clusters=clusters)
 
 
 def store_originals(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:

@@ -101,6 +101,8 @@ class RowStore:
         self.deferred = False
         self.next_id = 0
         """One more than the largest id ever added, removed ones included: where new ids start."""
+        self.cluster_rows: int | None = None
+        """Rows per cluster of merged segments (see :meth:`Segment.merge`); None: not clustered."""
 
     @contextmanager
     def merges_deferred(self) -> Iterator[None]:
@@ -115,11 +117,12 @@ class RowStore:
                 self.deferred = False
 
     def __getstate__(self) -> dict:  # copies and pickles drop the lock
-        return {"snapshot": self.snapshot, "next_id": self.next_id}
+        return {"snapshot": self.snapshot, "next_id": self.next_id, "cluster_rows": self.cluster_rows}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
         self.snapshot, self.next_id = state["snapshot"], state["next_id"]
+        self.cluster_rows = state.get("cluster_rows")
 
     def replace(self, segments: list[Segment], deleted: list[np.ndarray | None], next_id: int = 0) -> None:
         """Install new contents (e.g. after ``load``, or none for ``reset``); new ids start at
@@ -165,11 +168,13 @@ class RowStore:
             return int(found.sum())
 
     def compact(self) -> None:
-        """Merge every segment into one without deleted rows."""
+        """Merge every segment into one without deleted rows (ordered by cluster where
+        ``cluster_rows`` asks, see :meth:`Segment.merge`)."""
         with self.lock:
             snap = self.snapshot
-            if len(snap.segments) > 1 or any(m is not None for m in snap.deleted):
-                merged = Segment.merge(list(snap.segments), list(snap.deleted))
+            if len(snap.segments) > 1 or any(m is not None for m in snap.deleted) or (
+                    snap.segments and snap.segments[0].clusterable(self.cluster_rows)):
+                merged = Segment.merge(list(snap.segments), list(snap.deleted), self.cluster_rows)
                 self.snapshot = Snapshot((merged,), (None,)) if merged.n else Snapshot()
 
     def _mark(self, snap: Snapshot, where: np.ndarray, rows: np.ndarray) -> list[np.ndarray | None]:
@@ -186,11 +191,11 @@ class RowStore:
         within MERGE_RATIO, then publish the snapshot."""
         for i, (seg, mask) in enumerate(zip(segments, deleted)):
             if mask is not None and mask.sum() >= PURGE_FRACTION * seg.n:
-                segments[i], deleted[i] = Segment.merge([seg], [mask]), None
+                segments[i], deleted[i] = Segment.merge([seg], [mask], self.cluster_rows), None
         keep = [i for i, s in enumerate(segments) if s.n]
         segments, deleted = [segments[i] for i in keep], [deleted[i] for i in keep]
         while (not self.deferred and len(segments) > 1
                and _live(segments[-2], deleted[-2]) <= MERGE_RATIO * _live(segments[-1], deleted[-1])):
-            merged = Segment.merge(segments[-2:], deleted[-2:])
+            merged = Segment.merge(segments[-2:], deleted[-2:], self.cluster_rows)
             segments, deleted = segments[:-2] + [merged], deleted[:-2] + [None]
         self.snapshot = Snapshot(tuple(segments), tuple(deleted))

@@ -599,11 +599,13 @@ def test_constructor_rejects_unknown_engine():
         CSRIndex(8, k=2, engine="hnsw")
 
 
+@pytest.mark.parametrize("clustered", [False, True])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("budget", [1, 7, 50, 400, 5000])
-def test_shortlist_keeps_the_best_partial_scores(seed, budget):
+def test_shortlist_keeps_the_best_partial_scores(seed, budget, clustered):
     """The pruned engine's linear-time selection equals a full sort (ties: lower doc first),
-    whatever the sampled threshold does: touched docs in a few runs, ties, skips, a scale."""
+    whatever the sampled threshold does: touched docs in a few runs, ties, skips, a scale; over
+    every doc, or over the docs of some clusters only (the rest never selected nor cleared)."""
     from csr_index.engines.shortlist import SAMPLE_CHUNKS, _shortlist
 
     rng = np.random.default_rng(seed)
@@ -620,14 +622,24 @@ def test_shortlist_keeps_the_best_partial_scores(seed, budget):
     off = np.float32(0.25)
     score = (acc + off) * (scale if len(scale) else 1)
     live = touched & ((skip == 0) if len(skip) else True)
+    starts, probes = np.array([0, n]), np.array([0])
+    if clustered:
+        starts, probes = np.linspace(0, n, 11).astype(np.int64), np.array([1, 2, 5, 9])
+        inside = np.zeros(n, bool)
+        for c in probes:
+            inside[starts[c] : starts[c + 1]] = True
+        live &= inside
     order = np.lexsort((np.arange(n), -score))
     want = np.sort(order[live[order]][:budget])
     rows = np.empty(n + 1, np.int32)
-    got = _shortlist(acc.copy(), off, scale, skip, budget, rows)
+    got = _shortlist(acc.copy(), off, scale, skip, budget, probes, starts, rows)
     np.testing.assert_array_equal(np.sort(rows[:got]), want)
     work = acc.copy()
-    _shortlist(work, off, scale, skip, budget, rows)
-    assert not work.any()  # left cleared for the next query
+    _shortlist(work, off, scale, skip, budget, probes, starts, rows)
+    if clustered:  # only the probed clusters' rows are cleared (the lists wrote no other)
+        assert not work[inside].any() and (work[~inside] == acc[~inside]).all()
+    else:
+        assert not work.any()  # left cleared for the next query
 
 
 def test_pruned_candidates_grow_with_the_collection():

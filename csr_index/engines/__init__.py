@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..codes import SparseCodes
@@ -65,15 +66,18 @@ def engine_options(name: str, options: dict[str, Any]) -> tuple[type[SearchEngin
     cls = ENGINES[resolved]
     if name == "auto" and resolved != "torch":
         options = {k: v for k, v in options.items() if k != "device"}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "codes"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "codes", "clusters"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"engine {resolved!r} has no option(s) {unknown}; its options are {sorted(accepted)}")
     return cls, options
 
 
-def make_engine(name: str, codes: SparseCodes, **options: Any) -> SearchEngine:
+def make_engine(name: str, codes: SparseCodes, clusters: np.ndarray | None = None, **options: Any) -> SearchEngine:
     """Build engine ``name`` (see the table above) over ``codes`` with its ``options``
-    (e.g. ``make_engine("pruned", codes, candidates=500)``)."""
+    (e.g. ``make_engine("pruned", codes, candidates=500)``); ``clusters``: the row starts of
+    clustered codes (see :mod:`csr_index.clusters`), for an engine that takes them."""
     cls, options = engine_options(name, options)
+    if clusters is not None and cls.takes_clusters:
+        options = {**options, "clusters": clusters}
     return cls(codes, **options)

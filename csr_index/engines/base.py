@@ -60,6 +60,10 @@ class SearchEngine(ABC):
     """Registry name, as passed to :func:`csr_index.engines.make_engine`."""
     exact: ClassVar[bool]
     """True when results equal the reference's (ties aside)."""
+    takes_clusters: ClassVar[bool] = False
+    """True when the engine can be built over clustered rows and search only some clusters."""
+    clusters: np.ndarray | None = None
+    """Cluster c holds rows ``clusters[c]:clusters[c + 1]`` (an engine built over clustered rows)."""
 
     def __init__(self, codes: SparseCodes) -> None:
         self.n = codes.n
@@ -68,11 +72,12 @@ class SearchEngine(ABC):
 
     def search(
         self, queries: QueryBatch, topn: int, scale: np.ndarray | None = None, skip: np.ndarray | None = None,
-        share: float = 1.0,
+        share: float = 1.0, probes: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``topn`` rows of each query (see the module docstring). ``share``: the fraction of a
         larger collection these rows are (one segment of several); approximate engines scale
-        their work budget by it, exact ones ignore it."""
+        their work budget by it, exact ones ignore it. ``probes`` (nq, P): the clusters, ascending,
+        each query's shortlist reads (an engine built with ``clusters``)."""
         topn = check_positive(topn, "topn")
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be in (0, 1], got {share!r}")
@@ -81,7 +86,17 @@ class SearchEngine(ABC):
             return empty_result(queries.n, topn)
         if skip is not None and np.shape(skip) != (self.n,):
             raise ValueError(f"skip must have shape ({self.n},), got {np.shape(skip)}")
-        return self._search(queries, topn, scale, skip, share)
+        if probes is None:
+            return self._search(queries, topn, scale, skip, share)
+        if self.clusters is None:
+            raise ValueError(f"this {self.name} engine holds no clusters: it takes no probes")
+        probes = np.ascontiguousarray(probes, dtype=np.int64)
+        count = len(self.clusters) - 1
+        if probes.ndim != 2 or probes.shape[0] != queries.n or probes.shape[1] == 0:
+            raise ValueError(f"probes must have shape ({queries.n}, P > 0), got {probes.shape}")
+        if probes.min() < 0 or probes.max() >= count or (np.diff(probes, axis=1) <= 0).any():
+            raise ValueError(f"probes must be ascending cluster numbers in 0..{count - 1}")
+        return self._search(queries, topn, scale, skip, share, probes=probes)
 
     @abstractmethod
     def _search(

@@ -1,8 +1,10 @@
 """Compiled (numba) kernels of the pruned engine: a sparse shortlist, then exact scores.
 
 Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically pruned when
-the engine was built) are added into a dense per-thread accumulator; the ``candidates`` best
-docs by that partial score are selected in linear time (:func:`_shortlist`); those are scored
+the engine was built) are added into a dense per-thread accumulator, only the runs of the
+clusters the query probes (a clustered segment's nearest ones, see :mod:`csr_index.clusters`;
+otherwise one cluster holds all n docs); the ``candidates`` best docs of those clusters by
+that partial score are selected in linear time (:func:`_shortlist`); those are scored
 exactly against the forward index, prefetching the rows a few candidates ahead; a bounded
 heap keeps the top-n. Array conventions are those of :mod:`csr_index.engines.kernels`.
 """
@@ -15,22 +17,47 @@ from numba import njit, prange
 from ..threads import use_threadsafe_layer
 from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _heap_push, _offer, _query_offset, prefetch, value_of
 
-__all__ = ["pruned_topn"]
+__all__ = ["pruned_topn", "list_runs"]
 
 
 @njit(cache=True)
-def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc):
-    """Add the first ``cut`` query terms' products over their whole (doc-ordered) posting
-    lists into ``acc``: each list sweeps the accumulator front to back, no touched-doc list."""
+def list_runs(indptr, docs, starts):
+    """Where each cluster's run begins in each posting list: int32 (h, C + 1), ``runs[lat, c]``
+    the first position of list ``lat`` (from its start) holding a doc >= ``starts[c]``. Lists are
+    doc-ordered and cluster c holds docs ``starts[c]:starts[c + 1]``, so that run is
+    ``runs[lat, c]:runs[lat, c + 1]``."""
+    h, nc = indptr.shape[0] - 1, starts.shape[0]
+    runs = np.empty((h, nc), dtype=np.int32)
+    for lat in range(h):
+        lo, hi = indptr[lat], indptr[lat + 1]
+        e = lo
+        for c in range(nc):
+            while e < hi and docs[e] < starts[c]:
+                e += 1
+            runs[lat, c] = e - lo
+    return runs
+
+
+@njit(cache=True)
+def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc):
+    """Add the first ``cut`` query terms' products over their (doc-ordered) posting lists into
+    ``acc``, only the runs of the clusters ``probes`` (see :func:`list_runs`): each run read
+    front to back, no touched-doc list."""
     for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
         lat = qlat[p]
         w = qval[p]
-        for e in range(indptr[lat], indptr[lat + 1]):
-            acc[docs[e]] += w * value_of(vals, lut, e)
+        base = indptr[lat]
+        for c in probes:
+            for e in range(base + runs[lat, c], base + runs[lat, c + 1]):
+                acc[docs[e]] += w * value_of(vals, lut, e)
 
 
 SAMPLE_FRACTION = 16
 """One doc in SAMPLE_FRACTION is sampled to estimate :func:`_shortlist`'s threshold."""
+RUNS_PER_CLUSTER = 8
+"""At least this many sample runs in each probed cluster: its rows keep their insertion order, and
+neighbours in that order can score alike (on the 1M set, one run at each cluster's start sampled
+mostly the first 100k rows, and 15 % of the queries fell back to the exact threshold)."""
 SAMPLE_CHUNKS = 64
 """The sample is this many runs of neighbouring docs, spread evenly over the rows: read as
 streams. One doc every 16 read every cache line of the accumulator; runs of 16 docs every 256
@@ -52,23 +79,25 @@ def _live(acc, skip, d):
 
 
 @njit(cache=True)
-def _collect(acc, off, scale, skip, tau, rows):
-    """Live docs whose partial score is >= ``tau``, in doc order, written to ``rows``; returns how
-    many. One read of the accumulator that tests the score alone (few docs pass: a predictable
-    branch), then the few that passed are checked for being live. Testing ``acc[d] != 0`` in the
-    same loop made it six times slower (numba, 1M docs), as did a first pass writing every score
-    (-inf for the untouched third of the docs at 1M), which cost more than the rest of the selection."""
+def _collect(acc, off, scale, skip, tau, probes, starts, rows):
+    """Live docs of the clusters ``probes`` whose partial score is >= ``tau``, in doc order, written to
+    ``rows``; returns how many. One read of the accumulator that tests the score alone (few docs
+    pass: a predictable branch), then the few that passed are checked for being live. Testing
+    ``acc[d] != 0`` in the same loop made it six times slower (numba, 1M docs), as did a first
+    pass writing every score (-inf for the untouched third of the docs at 1M), which cost more
+    than the rest of the selection."""
     m = 0
-    if scale.shape[0] > 0:
-        for d in range(acc.shape[0]):
-            if (acc[d] + off) * scale[d] >= tau:
-                rows[m] = d
-                m += 1
-    else:
-        for d in range(acc.shape[0]):
-            if acc[d] + off >= tau:
-                rows[m] = d
-                m += 1
+    for c in probes:
+        if scale.shape[0] > 0:
+            for d in range(starts[c], starts[c + 1]):
+                if (acc[d] + off) * scale[d] >= tau:
+                    rows[m] = d
+                    m += 1
+        else:
+            for d in range(starts[c], starts[c + 1]):
+                if acc[d] + off >= tau:
+                    rows[m] = d
+                    m += 1
     kept = 0
     for i in range(m):
         d = rows[i]
@@ -79,41 +108,60 @@ def _collect(acc, off, scale, skip, tau, rows):
 
 
 @njit(cache=True)
-def _shortlist(acc, off, scale, skip, budget, rows):
-    """The ``budget`` best docs by partial score ``(acc[d] + off) * scale[d]`` among those the
-    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
-    order; returns how many (fewer when fewer were touched); leaves ``acc`` cleared.
-
-    Linear in n, no heap over the touched docs: a threshold that about 1.25 x ``budget`` docs
-    pass is read off a sample (:data:`SAMPLE_CHUNKS`), one pass collects the docs above it, and only
-    those few are cut to ``budget`` exactly (ties: lower doc first). A threshold set too high
-    (a sampling miss, rare) is redone exactly."""
-    n = acc.shape[0]
+def _threshold(acc, off, scale, skip, budget, probes, starts):
+    """A partial score that about 1.25 x ``budget`` live docs of the clusters ``probes`` reach,
+    read off a sample of one doc in :data:`SAMPLE_FRACTION` from each cluster: ``SAMPLE_CHUNKS /
+    probes`` runs (at least :data:`RUNS_PER_CLUSTER`) spread evenly over it. The smallest float32 when the sample
+    holds too few live docs. Docs near each other in one cluster score alike, so every probed
+    cluster is sampled, in proportion to its size."""
     lowest = np.float32(-3.4028235e38)  # the smallest finite float32: every touched doc passes it
-    tau = lowest
-    if budget < n:
-        run = max(1, n // (SAMPLE_FRACTION * SAMPLE_CHUNKS))
-        ns = min(n, run * SAMPLE_CHUNKS)
-        want = min(ns, (5 * budget * ns) // (4 * n) + 1)
-        hv = np.empty(want, dtype=np.float32)
-        hi = np.empty(want, dtype=np.int64)
-        size = 0
-        for c in range(SAMPLE_CHUNKS):
-            first = c * n // SAMPLE_CHUNKS
-            for d in range(first, min(n, first + run)):
+    total = 0
+    for c in probes:
+        total += starts[c + 1] - starts[c]
+    if budget >= total:
+        return lowest
+    chunks = max(RUNS_PER_CLUSTER, SAMPLE_CHUNKS // probes.shape[0])
+    ns = 0
+    for c in probes:
+        ns += chunks * (((starts[c + 1] - starts[c]) // (SAMPLE_FRACTION * chunks)) or 1)
+    want = min(ns, (5 * budget * ns) // (4 * total) + 1)
+    hv = np.empty(want, dtype=np.float32)
+    hi = np.empty(want, dtype=np.int64)
+    size = 0
+    for c in probes:
+        length = starts[c + 1] - starts[c]
+        run = (length // (SAMPLE_FRACTION * chunks)) or 1
+        for j in range(chunks):
+            first = starts[c] + j * length // chunks
+            for d in range(first, min(starts[c + 1], first + run)):
                 s = _partial(acc, off, scale, d)
                 if (size < want or s > hv[0]) and _live(acc, skip, d):  # most docs fail the first test
                     size = _heap_push(hv, hi, size, s, d)
-        if size == want:
-            tau = max(lowest, hv[0])
-    m = _collect(acc, off, scale, skip, tau, rows)
+    return max(lowest, hv[0]) if size == want else lowest
+
+
+@njit(cache=True)
+def _shortlist(acc, off, scale, skip, budget, probes, starts, rows):
+    """The ``budget`` best docs of the clusters ``probes`` (ascending; cluster c holds docs
+    ``starts[c]:starts[c + 1]``) by partial score
+    ``(acc[d] + off) * scale[d]`` among those the terms touched (``acc[d] != 0``) and not skipped,
+    written to ``rows`` (capacity n) in doc order; returns how many (fewer when fewer were
+    touched); leaves ``acc`` cleared.
+
+    Linear in the probed docs, no heap over the touched docs: a threshold that about 1.25 x
+    ``budget`` docs pass is read off a sample (:func:`_threshold`), one pass collects the docs
+    above it, and only those few are cut to ``budget`` exactly (ties: lower doc first). A
+    threshold set too high (a sampling miss, rare) is redone exactly."""
+    lowest = np.float32(-3.4028235e38)
+    tau = _threshold(acc, off, scale, skip, budget, probes, starts)
+    m = _collect(acc, off, scale, skip, tau, probes, starts, rows)
     if m < budget and tau > lowest:  # the sample missed: the exact budget-th score of the live docs
-        m = _collect(acc, off, scale, skip, lowest, rows)
+        m = _collect(acc, off, scale, skip, lowest, probes, starts, rows)
         if m > budget:
             scores = np.empty(m, dtype=np.float32)
             for i in range(m):
                 scores[i] = _partial(acc, off, scale, rows[i])
-            m = _collect(acc, off, scale, skip, np.partition(scores, m - budget)[m - budget], rows)
+            m = _collect(acc, off, scale, skip, np.partition(scores, m - budget)[m - budget], probes, starts, rows)
     if m > budget:
         found = rows[:m].copy()
         scores = np.empty(m, dtype=np.float32)
@@ -133,7 +181,8 @@ def _shortlist(acc, off, scale, skip, budget, rows):
                 kept += 1
         rows[:kept] = np.sort(rows[:kept])
         m = kept
-    acc[:] = 0.0
+    for c in probes:
+        acc[starts[c] : starts[c + 1]] = 0.0
     return m
 
 
@@ -159,7 +208,7 @@ def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
 
 @njit(cache=True)
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
-                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
+                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work, out_d, out_i):
     acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
@@ -167,8 +216,9 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
     for q in range(q0, q1):
         off = _query_offset(offset, q)
         # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
-        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, acc)
-        csize = _shortlist(acc, off, scale, skip, candidates, rows)
+        mine = probes[q] if probes.shape[0] > 1 else probes[0]
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
+        csize = _shortlist(acc, off, scale, skip, candidates, mine, starts, rows)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
@@ -185,24 +235,27 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
 
 @njit(cache=True, parallel=True)
 def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
-                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i):
+                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
         _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
-                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, work, out_d, out_i)
+                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                      out_d, out_i)
 
 
 def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int,
-                indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i
-                ) -> None:
+                indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i,
+                probes, starts, runs) -> None:
     """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
-    over their posting lists (doc-ordered, pruned as the engine built them), then return the top-n
+    over their posting lists (doc-ordered, pruned as the engine built them), among the docs of
+    the clusters ``probes`` (nq, P) or (1, P) for every query, ascending (cluster c: docs
+    ``starts[c]:starts[c + 1]``, its runs of the lists :func:`list_runs`), then return the top-n
     of the shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
     dense query ``dense`` (nq, h) when it is not empty, against the forward index. ``work``
     holds one cleared accumulator and an n-row buffer per thread (see :class:`Workspace`)."""
     nq = len(qptr) - 1
     args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
-            offset, scale, skip, work, out_d, out_i)
+            offset, scale, skip, probes, starts, runs, work, out_d, out_i)
     if min(threads, nq) <= 1:
         _pruned_chunk(0, 0, nq, *args)
     else:
