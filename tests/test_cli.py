@@ -114,6 +114,20 @@ def test_build_with_int8_originals(data, tmp_path):
     assert len(lines) == 3 * N_QUERIES
 
 
+def test_build_with_clusters(data, tmp_path, monkeypatch):
+    import csr_index.segment
+
+    monkeypatch.setattr(csr_index.segment, "CLUSTER_MIN_ROWS", 100)  # the corpus is small
+    out = tmp_path / "clustered.csr"
+    run("build", data["corpus_file"], "-o", out, "--k", 4, "--h", 64, "--steps", 5, "--cluster-rows", 20, "--quiet")
+    index = CSRIndex.load(out)
+    seg = index._store.snapshot.segments[0]
+    assert index.cluster_rows == 20 and seg.clusters is not None and seg.clusters.count >= 5
+    assert sorted(seg.ids.tolist()) == list(range(N_DOCS))
+    lines = run("search", out, data["queries_file"], "--topk", 3).stdout.strip().splitlines()
+    assert len(lines) == 3 * N_QUERIES
+
+
 def test_build_adaptive_options(data, tmp_path):
     out = tmp_path / "nested.csr"
     run("build", data["corpus_file"], "-o", out, "--k", 8, "--k-doc", 4, "--nested-k", "2,4", "--steps", 5, "--quiet")
