@@ -9,9 +9,9 @@ engine reads only the runs and the accumulator rows of each query's nearest clus
 (:func:`nearest_clusters`, ``probe_fraction`` of them) instead of sweeping all n docs.
 
 What it buys and costs is measured by ``benchmarks/clustered.py`` (1M rows, the README's
-"Clustered segments"): each merge past the threshold runs k-means and assigns every row, and
-clusters of the originals route better than clusters of the codes (the best quarter of 256
-clusters held 0.96 of the dense top-10 against 0.92 to 0.94 for clusters of the codes).
+"Clustered segments"): each merge past the threshold runs k-means and assigns every row.
+Clusters of the originals route better than clusters of the codes (tried first: they held fewer
+of the dense top-10 for as many rows read).
 """
 
 from __future__ import annotations

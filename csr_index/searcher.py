@@ -1,8 +1,9 @@
 """One search over every segment of a snapshot: shortlist by an engine, exact re-rank, merge.
 
-Each segment answers on its own (its engine, its deleted rows skipped, in a clustered
-segment only the query's nearest clusters shortlisted, its originals for the re-rank) and the per-segment top lists are merged by score: the scores of one
-mode are comparable across segments, so the merged list is the best of the union.
+Each segment answers on its own (its engine, its deleted rows skipped, in a clustered segment
+only the query's nearest clusters shortlisted, its originals for the re-rank) and the
+per-segment top lists are merged by score: the scores of one mode are comparable across
+segments, so the merged list is the best of the union.
 """
 
 from __future__ import annotations

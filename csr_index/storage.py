@@ -8,7 +8,8 @@ Layout of ``index.csr/``::
     adapter.<hash>.safetensors        W, pre_bias, latent_bias, latent_weight (named by content)
     seg-<id>.codes.arrow              one per segment: id int64, indices fixed_size_list<uint16|uint32>[k],
                                       values fixed_size_list<float32|float16>[k], norm float32
-                                      (L2 norm of each code's reconstruction), key string (optional)
+                                      (L2 norm of each code's reconstruction), key string (optional),
+                                      cluster int32 (a segment ordered by cluster, non-decreasing)
     seg-<id>.vectors.arrow            vector fixed_size_list<float16|int8>[d] (optional, for re-ranking);
                                       int8 (index setting vectors_dtype "int8"; absent: float16) adds
                                       scale float32, row i being vector[i] * scale[i]

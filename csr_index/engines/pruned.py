@@ -127,6 +127,6 @@ class PrunedEngine(InvertedIndexEngine):
         shortlist = self.shortlist_size(topn, share)
         p, f = self.postings, self.forward
         pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
-                            f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i,
+                    f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i,
                     self._every if probes is None else probes, self._starts, self._runs)
         return out_d, out_i

@@ -98,8 +98,8 @@ def _above(acc, off, scale, tau, lo, hi, rows, m):
 
 @njit(cache=True)
 def _collect(acc, off, scale, skip, tau, probes, starts, rows):
-    """Live docs of the clusters ``probes`` whose partial score is >= ``tau``, in doc order, written to
-    ``rows``; returns how many. One read of the accumulator that tests the score alone (few docs
+    """Live docs of the clusters ``probes`` whose partial score is >= ``tau``, in doc order,
+    written to ``rows``; returns how many. One read of the accumulator that tests the score alone (few docs
     pass: a predictable branch), then the few that passed are checked for being live. Testing
     ``acc[d] != 0`` in the same loop made it six times slower (numba, 1M docs), as did a first
     pass writing every score (-inf for the untouched third of the docs at 1M), which cost more
