@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from .errors import CorruptIndexError
 
@@ -68,7 +69,7 @@ class Clusters:
         count = int(labels[-1]) + 1 if len(labels) else 0
         start = np.zeros(count + 1, np.int64)
         start[1:] = np.cumsum(np.bincount(labels, minlength=count))
-        return cls(start, _means(vectors, scales, start))
+        return cls(start, _means(vectors, scales, labels, count))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -81,12 +82,19 @@ def _rows(vectors: np.ndarray, scales: np.ndarray | None, rows: slice | np.ndarr
     return x if scales is None else x * np.asarray(scales[rows], dtype=np.float32)[:, None]
 
 
-def _means(vectors: np.ndarray, scales: np.ndarray | None, start: np.ndarray) -> np.ndarray:
-    """Normalised mean of each range of rows, read in float32 chunks."""
-    sums = np.zeros((len(start) - 1, vectors.shape[1]), np.float32)
-    labels = np.repeat(np.arange(len(start) - 1), np.diff(start))
+def _sums(x: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The sum of the rows of ``x`` with each label (count, d) float32: a sparse one-hot (count, n)
+    matrix times ``x`` (``np.add.at`` took 8 s for 1M rows, ``np.add.reduceat`` 2 s)."""
+    onehot = sparse.csr_matrix((np.ones(len(labels), np.float32), (labels, np.arange(len(labels)))),
+                               shape=(count, len(labels)))
+    return np.asarray(onehot @ x, dtype=np.float32)
+
+
+def _means(vectors: np.ndarray, scales: np.ndarray | None, labels: np.ndarray, count: int) -> np.ndarray:
+    """The normalised mean of each label's rows (count, d), the rows read in float32 chunks."""
+    sums = np.zeros((count, vectors.shape[1]), np.float32)
     for s in range(0, len(vectors), CHUNK):
-        np.add.at(sums, labels[s : s + CHUNK], _rows(vectors, scales, slice(s, s + CHUNK)))
+        sums += _sums(_rows(vectors, scales, slice(s, s + CHUNK)), labels[s : s + CHUNK], count)
     return _unit(sums)
 
 
@@ -111,19 +119,21 @@ def cluster_order(vectors: np.ndarray, scales: np.ndarray | None, rows_per_clust
     xs = _unit(_rows(vectors, scales, sample))
     centroids = xs[rng.choice(len(xs), count, replace=False)].copy()
     for _ in range(ITERATIONS):
-        a = np.argmax(xs @ centroids.T, axis=1)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, a, xs)
+        sums = _sums(xs, np.argmax(xs @ centroids.T, axis=1), count)
         used = np.linalg.norm(sums, axis=1) > 0
         centroids[used] = _unit(sums[used])
     labels = _assign(vectors, scales, centroids)
-    order = np.argsort(labels, kind="stable")
     sizes = np.bincount(labels, minlength=count)
     kept = sizes > 0
+    labels = (np.cumsum(kept) - 1)[labels]  # the clusters left empty dropped
+    order = np.argsort(labels, kind="stable")
     start = np.zeros(int(kept.sum()) + 1, np.int64)
     start[1:] = np.cumsum(sizes[kept])
+    # the centroids a load recomputes from the rows (Clusters.from_labels): the means of the
+    # members, so a loaded index routes as the one that was saved (up to float rounding)
+    centroids = _means(vectors, scales, labels, len(start) - 1)
     log.info("clustered %d rows into %d clusters (largest %d rows)", n, len(start) - 1, int(sizes.max()))
-    return order, Clusters(start, np.ascontiguousarray(centroids[kept]))
+    return order, Clusters(start, centroids)
 
 
 def nearest_clusters(clusters: Clusters, queries: np.ndarray, fraction: float) -> np.ndarray:
