@@ -201,8 +201,10 @@ def _accumulate(q, qptr, qlat, qval, indptr, docs, vals, lut, acc, mark, touched
     for p in range(qptr[q], qptr[q + 1]):
         lat = qlat[p]
         w = qval[p]
-        for e in range(indptr[lat], indptr[lat + 1]):  # branch-free: a doc seen before is written again, not counted
-            d = docs[e]
+        # branch-free: a doc seen before is written again, not counted; unsigned positions and docs,
+        # so numba drops its negative-index checks (as in the pruned engine's lists)
+        for e in range(np.uint64(indptr[lat]), np.uint64(indptr[lat + 1])):
+            d = np.uint32(docs[e])
             touched[nt] = d
             nt += 1 - mark[d]
             mark[d] = 1
