@@ -53,8 +53,8 @@ def main() -> None:
     seg = clustered._store.snapshot.segments[0]
     print(f"built: default layout {flat_s:.1f} s, cluster_rows={args.cluster_rows} {clustered_s:.1f} s "
           f"({seg.clusters.count} clusters)", flush=True)
-    hnsw, hnsw_s = cached_faiss(CACHE / "hnsw32-1m.faiss", lambda: faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT),
-                                xb, train=False)
+    hnsw, hnsw_s = cached_faiss(CACHE / "hnsw32-1m.faiss",
+                                lambda: faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT), xb, train=False)
     del xb
     r = measure(lambda q: flat.search(q, TOPK)[1], xq, truth, args.singles)
     rows.append(("CSR default layout, default search", flat_s, flat.stats()["memory_bytes_per_vector"], r[0], r[2]))

@@ -70,8 +70,8 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars or log lines.")
 @text_options
 def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, store_vectors, values_dtype,
-          vectors_dtype, cluster_rows, schedule, steps, max_train, batch_rows, seed, device, quiet, text_column, text_model,
-          embed_batch_size):
+          vectors_dtype, cluster_rows, schedule, steps, max_train, batch_rows, seed, device, quiet, text_column,
+          text_model, embed_batch_size):
     """Train the adapter on EMBEDDINGS (.parquet or .npy), encode and save an index.
 
     The file is read in batches: training uses a random sample of at most --max-train rows,

@@ -23,15 +23,14 @@ import numpy as np
 from scipy import sparse
 
 from .errors import CorruptIndexError
+from .rerank import dequantize_int8
 
-__all__ = ["Clusters", "cluster_order", "nearest_clusters", "CLUSTER_MIN_ROWS", "PROBE_FRACTION"]
+__all__ = ["Clusters", "cluster_order", "nearest_clusters", "CLUSTER_MIN_ROWS"]
 
 log = logging.getLogger(__name__)
 
 CLUSTER_MIN_ROWS = 262_144
 """Segments with fewer rows are not clustered: at 100k the whole shortlist costs ~0.6 ms."""
-PROBE_FRACTION = 0.25
-"""Default share of a clustered segment's clusters the shortlist reads (the nearest ones)."""
 SAMPLE_PER_CLUSTER = 64
 """The k-means sample: this many rows per cluster."""
 ITERATIONS = 10
@@ -77,9 +76,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _rows(vectors: np.ndarray, scales: np.ndarray | None, rows: slice | np.ndarray) -> np.ndarray:
-    """Originals ``rows`` as float32 (int8 ones times their row scales)."""
-    x = np.asarray(vectors[rows], dtype=np.float32)
-    return x if scales is None else x * np.asarray(scales[rows], dtype=np.float32)[:, None]
+    """Originals ``rows`` as float32 (int8 ones dequantised with their row scales)."""
+    if scales is None:
+        return np.asarray(vectors[rows], dtype=np.float32)
+    return dequantize_int8(vectors[rows], scales[rows])
 
 
 def _sums(x: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:

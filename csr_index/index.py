@@ -49,8 +49,9 @@ class CSRIndex:
     ``values_dtype``: stored code values, float32 or float16. ``cluster_rows``: order the rows of
     merged segments of 262,144 rows or more by cluster, about this many rows each (None: off;
     1024 measured in ``benchmarks/clustered.py``), so the shortlist reads only each query's
-    nearest clusters (see :mod:`csr_index.clusters`). ``engine``: see :meth:`set_engine`. Searches are safe from many threads while one thread adds,
-    removes or saves: each search reads one snapshot of the segments.
+    nearest clusters (see :mod:`csr_index.clusters`). ``engine``: see :meth:`set_engine`.
+    Searches are safe from many threads while one thread adds, removes or saves: each search
+    reads one snapshot of the segments.
     """
 
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
@@ -88,7 +89,8 @@ class CSRIndex:
     train_stats = property(lambda self: self.encoder.train_stats)
     is_trained = property(lambda self: self.encoder.is_trained)
     ntotal = property(lambda self: self._store.snapshot.ntotal, doc="Number of live stored vectors.")
-    cluster_rows = property(lambda self: self._store.cluster_rows, doc="Rows per cluster of merged segments (None: off).")
+    cluster_rows = property(lambda self: self._store.cluster_rows,
+                            doc="Rows per cluster of merged segments (None: off).")
 
     @property
     def k_doc(self) -> int:

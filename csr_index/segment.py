@@ -199,7 +199,8 @@ class Segment:
                                         f"(got {scales.shape[0]}, min {scales.min() if len(scales) else None})")
         clusters = None
         if "cluster" in codes.column_names and vectors is not None:
-            clusters = Clusters.from_labels(codes.column("cluster").to_numpy(), vectors, scales, f"{root}: segment {name}")
+            labels = codes.column("cluster").to_numpy()
+            clusters = Clusters.from_labels(labels, vectors, scales, f"{root}: segment {name}")
         return cls(ids, SparseCodes(indices, values, h), norms, vectors, keys, name=name, files=files, scales=scales,
                    clusters=clusters)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..budgets import CANDIDATE_GROWTH, size_factor
-from ..clusters import PROBE_FRACTION
 from ..codes import SparseCodes
 from ..validation import check_positive
 from .shortlist import list_runs, pruned_topn
@@ -13,7 +12,10 @@ from .base import empty_result, sparse_query_arrays
 from .inverted import InvertedIndexEngine
 from .postings import list_lengths
 
-__all__ = ["PrunedEngine"]
+__all__ = ["PrunedEngine", "PROBE_FRACTION"]
+
+PROBE_FRACTION = 0.25
+"""Default share of a clustered segment's clusters the shortlist reads (the nearest ones)."""
 
 
 class PrunedEngine(InvertedIndexEngine):

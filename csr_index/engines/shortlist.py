@@ -52,6 +52,8 @@ def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, 
                 acc[np.uint32(docs[e])] += w * value_of(vals, lut, e)
 
 
+LOWEST = np.float32(-3.4028235e38)
+"""The smallest finite float32: a threshold every touched doc passes."""
 SAMPLE_FRACTION = 16
 """One doc in SAMPLE_FRACTION is sampled to estimate :func:`_shortlist`'s threshold."""
 RUNS_PER_CLUSTER = 8
@@ -99,8 +101,8 @@ def _above(acc, off, scale, tau, lo, hi, rows, m):
 @njit(cache=True)
 def _collect(acc, off, scale, skip, tau, probes, starts, rows):
     """Live docs of the clusters ``probes`` whose partial score is >= ``tau``, in doc order,
-    written to ``rows``; returns how many. One read of the accumulator that tests the score alone (few docs
-    pass: a predictable branch), then the few that passed are checked for being live. Testing
+    written to ``rows``; returns how many. One read of the accumulator that tests the score alone
+    (few docs pass: a predictable branch), then the few that passed are checked for being live. Testing
     ``acc[d] != 0`` in the same loop made it six times slower (numba, 1M docs), as did a first
     pass writing every score (-inf for the untouched third of the docs at 1M), which cost more
     than the rest of the selection."""
@@ -120,15 +122,14 @@ def _collect(acc, off, scale, skip, tau, probes, starts, rows):
 def _threshold(acc, off, scale, skip, budget, probes, starts):
     """A partial score that about 1.25 x ``budget`` live docs of the clusters ``probes`` reach,
     read off a sample of one doc in :data:`SAMPLE_FRACTION` from each cluster: ``SAMPLE_CHUNKS /
-    probes`` runs (at least :data:`RUNS_PER_CLUSTER`) spread evenly over it. The smallest float32 when the sample
-    holds too few live docs. Docs near each other in one cluster score alike, so every probed
+    probes`` runs (at least :data:`RUNS_PER_CLUSTER`) spread evenly over it; :data:`LOWEST` when
+    the sample holds too few live docs. Docs near each other in one cluster score alike, so every probed
     cluster is sampled, in proportion to its size."""
-    lowest = np.float32(-3.4028235e38)  # the smallest finite float32: every touched doc passes it
     total = 0
     for c in probes:
         total += starts[c + 1] - starts[c]
     if budget >= total:
-        return lowest
+        return LOWEST
     chunks = max(RUNS_PER_CLUSTER, SAMPLE_CHUNKS // probes.shape[0])
     ns = 0
     for c in probes:
@@ -146,26 +147,24 @@ def _threshold(acc, off, scale, skip, budget, probes, starts):
                 s = _partial(acc, off, scale, d)
                 if (size < want or s > hv[0]) and _live(acc, skip, d):  # most docs fail the first test
                     size = _heap_push(hv, hi, size, s, d)
-    return max(lowest, hv[0]) if size == want else lowest
+    return max(LOWEST, hv[0]) if size == want else LOWEST
 
 
 @njit(cache=True)
 def _shortlist(acc, off, scale, skip, budget, probes, starts, rows):
     """The ``budget`` best docs of the clusters ``probes`` (ascending; cluster c holds docs
-    ``starts[c]:starts[c + 1]``) by partial score
-    ``(acc[d] + off) * scale[d]`` among those the terms touched (``acc[d] != 0``) and not skipped,
-    written to ``rows`` (capacity n) in doc order; returns how many (fewer when fewer were
-    touched); leaves ``acc`` cleared.
+    ``starts[c]:starts[c + 1]``) by partial score ``(acc[d] + off) * scale[d]`` among those the
+    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
+    order; returns how many (fewer when fewer were touched); leaves those clusters' ``acc`` cleared.
 
     Linear in the probed docs, no heap over the touched docs: a threshold that about 1.25 x
     ``budget`` docs pass is read off a sample (:func:`_threshold`), one pass collects the docs
     above it, and only those few are cut to ``budget`` exactly (ties: lower doc first). A
     threshold set too high (a sampling miss, rare) is redone exactly."""
-    lowest = np.float32(-3.4028235e38)
     tau = _threshold(acc, off, scale, skip, budget, probes, starts)
     m = _collect(acc, off, scale, skip, tau, probes, starts, rows)
-    if m < budget and tau > lowest:  # the sample missed: the exact budget-th score of the live docs
-        m = _collect(acc, off, scale, skip, lowest, probes, starts, rows)
+    if m < budget and tau > LOWEST:  # the sample missed: the exact budget-th score of the live docs
+        m = _collect(acc, off, scale, skip, LOWEST, probes, starts, rows)
         if m > budget:
             scores = np.empty(m, dtype=np.float32)
             for i in range(m):
@@ -217,7 +216,8 @@ def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
 
 @njit(cache=True)
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
-                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work, out_d, out_i):
+                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                  out_d, out_i):
     acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
@@ -244,7 +244,8 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
 
 @njit(cache=True, parallel=True)
 def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
-                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work, out_d, out_i):
+                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                     out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
         _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
