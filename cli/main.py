@@ -11,6 +11,7 @@ import numpy as np
 
 from csr_index import CSRConfig, CSRIndex
 from csr_index.build import build_from_file
+from csr_index.clusters import CLUSTER_ROWS
 from csr_index.warmup import warm_up
 from csr_index.cli.common import (
     echo_results,
@@ -54,9 +55,9 @@ def main() -> None:
 @click.option("--values-dtype", type=click.Choice(["float32", "float16"]), default="float16", show_default=True)
 @click.option("--vectors-dtype", type=click.Choice(["float16", "int8"]), default="int8", show_default=True,
               help="How the originals are kept: float16, or int8 with a float32 scale per vector (half the bytes).")
-@click.option("--cluster-rows", type=click.IntRange(min=1), default=None,
-              help="Order the rows of an index of 262,144+ rows by cluster, about this many rows each (e.g. 1024), "
-                   "so a search reads only each query's nearest clusters (default: off).")
+@click.option("--cluster-rows", type=click.IntRange(min=0), default=CLUSTER_ROWS, show_default=True,
+              help="Order the rows of an index of 262,144+ rows by cluster, about this many rows each, "
+                   "so a search reads only each query's nearest clusters (0: off).")
 @click.option("--schedule", type=click.Choice(["fast", "long"]), default="fast", show_default=True,
               help="Training schedule: the fast default (a data-driven start, 800 steps), or CSRConfig.long() "
                    "(random start, 2,000-5,000 steps of 1,024; minutes to hours on a CPU).")
@@ -93,7 +94,7 @@ def build(embeddings, output, k, h, k_doc, nested_k, column, id_column, metric, 
         config = CSRConfig.long(**settings) if schedule == "long" else CSRConfig(**settings)
         index = CSRIndex(source.dim, k=k, h=h, k_doc=k_doc, metric=metric, store_vectors=store_vectors,
                          values_dtype=values_dtype, vectors_dtype=vectors_dtype, config=config, progress=not quiet,
-                         cluster_rows=cluster_rows)
+                         cluster_rows=cluster_rows or None)
         seconds = build_from_file(index, source, batch_rows=batch_rows, progress=not quiet)
         start = time.perf_counter()
         index.save(out, overwrite=True)  # a build replaces the index already at --output (check_writable vetted it)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .clusters import CLUSTER_ROWS
 from .codes import SparseCodes, index_dtype
 from .config import CSRConfig
 from .encoder import CSREncoder
@@ -47,8 +48,8 @@ class CSRIndex:
     bytes at d = 384; exact scores are the dequantised vectors') or ``"float16"`` (768 bytes; on
     pypi-100k recall@10 0.972 instead of int8's 0.966, SciFact NDCG@10 0.6451 for both).
     ``values_dtype``: stored code values, float32 or float16. ``cluster_rows``: order the rows of
-    merged segments of 262,144 rows or more by cluster, about this many rows each (None: off;
-    1024 measured in ``benchmarks/clustered.py``), so the shortlist reads only each query's
+    merged segments of 262,144 rows or more by cluster, about this many rows each (default 1024,
+    measured in ``benchmarks/clustered.py``; None: off), so the shortlist reads only each query's
     nearest clusters (see :mod:`csr_index.clusters`). ``engine``: see :meth:`set_engine`.
     Searches are safe from many threads while one thread adds, removes or saves: each search
     reads one snapshot of the segments.
@@ -57,7 +58,7 @@ class CSRIndex:
     def __init__(self, d: int, k: int | None = None, h: int | None = None, *, k_doc: int | None = None,
                  metric: str = "cosine", store_vectors: bool = True, values_dtype: str = "float16",
                  vectors_dtype: str = "int8", config: CSRConfig | None = None, progress: bool = False,
-                 engine: str = "auto", cluster_rows: int | None = None) -> None:
+                 engine: str = "auto", cluster_rows: int | None = CLUSTER_ROWS) -> None:
         self.encoder = CSREncoder(d, k, h, metric=metric, config=config, progress=progress)
         self._k_doc = self.k if k_doc is None else check_positive(k_doc, "k_doc", self.k)
         for name, value, allowed in (("values_dtype", values_dtype, ("float32", "float16")),
@@ -316,7 +317,8 @@ class CSRIndex:
             manifest = read_manifest(path)
             encoder = CSREncoder.from_manifest(path, manifest, verify=verify, progress=progress)
             segments, deleted = read_segments(path, manifest, encoder.h, encoder.d, verify=verify)
-            index = cls.from_encoder(encoder, **{"vectors_dtype": "float16", **manifest["index"]})  # absent: float16
+            index = cls.from_encoder(encoder, **{"vectors_dtype": "float16", "cluster_rows": None,  # absent: float16, off
+                                                        **manifest["index"]})
         except IndexFormatError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:  # settings or data the checks let by

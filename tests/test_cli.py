@@ -126,6 +126,10 @@ def test_build_with_clusters(data, tmp_path, monkeypatch):
     assert sorted(seg.ids.tolist()) == list(range(N_DOCS))
     lines = run("search", out, data["queries_file"], "--topk", 3).stdout.strip().splitlines()
     assert len(lines) == 3 * N_QUERIES
+    off = tmp_path / "off.csr"  # 0 turns it off
+    run("build", data["corpus_file"], "-o", off, "--k", 4, "--h", 64, "--steps", 5, "--cluster-rows", 0, "--quiet")
+    index = CSRIndex.load(off)
+    assert index.cluster_rows is None and index._store.snapshot.segments[0].clusters is None
 
 
 def test_build_adaptive_options(data, tmp_path):

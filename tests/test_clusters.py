@@ -7,7 +7,7 @@ import pytest
 
 import csr_index.segment as segment_mod
 from csr_index import CSRIndex
-from csr_index.clusters import Clusters, cluster_order, nearest_clusters
+from csr_index.clusters import CLUSTER_ROWS, Clusters, cluster_order, nearest_clusters
 from csr_index.codes import SparseCodes
 from csr_index.engines import make_engine
 from csr_index.engines.base import QueryBatch
@@ -149,13 +149,17 @@ def test_probe_fraction_is_checked(embeddings):
         make_engine("pruned", codes, probe_fraction=0.0)
 
 
-def test_clustering_is_off_by_default_and_compact_clusters_one_big_segment(small_clusters, make_index, embeddings):
+def test_clustering_is_on_by_default_and_compact_clusters_one_big_segment(small_clusters, make_index, embeddings,
+                                                                          tmp_path):
     x = embeddings(900, seed=0, norm_spread=True)
-    plain = make_index(store_vectors=True)
+    assert CSRIndex(8).cluster_rows == CLUSTER_ROWS
+    plain = CSRIndex.from_encoder(make_index(store_vectors=True).encoder, cluster_rows=None)  # off
     plain.add(x[:450])
     plain.add(x[450:])
     plain.compact()
     assert plain.cluster_rows is None and plain._store.snapshot.segments[0].clusters is None
+    plain.save(tmp_path / "plain")
+    assert CSRIndex.load(tmp_path / "plain").cluster_rows is None  # a save without the setting loads as off
     index = clustered_index(make_index)
     index.add(x)  # one add: one segment, no merge yet
     assert index._store.snapshot.segments[0].clusters is None

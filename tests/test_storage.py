@@ -154,7 +154,8 @@ def test_describe_reads_only_the_manifest(saved):
     enc = info["encoder"]
     assert (enc["d"], enc["k"], enc["h"], info["ntotal"]) == (index.d, index.k, index.h, index.ntotal)
     assert [set(seg["files"]) for seg in info["segments"]] == [{"codes", "vectors"}]
-    assert info["index"] == {"k_doc": index.k_doc, "store_vectors": True, "values_dtype": "float32"}
+    assert info["index"] == {"k_doc": index.k_doc, "store_vectors": True, "values_dtype": "float32",
+                             "cluster_rows": index.cluster_rows}
 
 
 def test_directory_layout(saved):
@@ -562,10 +563,12 @@ def test_an_index_saved_before_vectors_dtype_loads_with_float16_originals(saved_
     index, path = saved_copy
     manifest = manifest_of(path)
     manifest["index"].pop("vectors_dtype", None)  # (float16 is not written, so releases before it read the index)
+    manifest["index"].pop("cluster_rows", None)  # nor was cluster_rows
     assert set(manifest["index"]) == {"k_doc", "store_vectors", "values_dtype"}
     (path / "manifest.json").write_text(json.dumps(manifest))  # as a save from before the setting
     loaded = CSRIndex.load(path)
     assert loaded.vectors_dtype == np.float16 and loaded.vectors().dtype == np.float16
+    assert loaded.cluster_rows is None  # clustering stays off for an index saved before it
     np.testing.assert_array_equal(loaded.vectors(), index.vectors())
     assert_same_results(index, loaded, queries)
     assert_same_results(index, loaded, queries, rerank=30)

@@ -170,24 +170,22 @@ def _shortlist(acc, off, scale, skip, budget, probes, starts, rows):
             for i in range(m):
                 scores[i] = _partial(acc, off, scale, rows[i])
             m = _collect(acc, off, scale, skip, np.partition(scores, m - budget)[m - budget], probes, starts, rows)
-    if m > budget:
-        found = rows[:m].copy()
+    if m > budget:  # cut to the budget in one pass, in doc order: every doc above the cut, the first ties at it
         scores = np.empty(m, dtype=np.float32)
         for i in range(m):
-            scores[i] = _partial(acc, off, scale, found[i])
+            scores[i] = _partial(acc, off, scale, rows[i])
         cut = np.partition(scores, m - budget)[m - budget]
-        kept = 0
-        for i in range(m):  # strictly above the cut, then ties at it in doc order
-            if scores[i] > cut:
-                rows[kept] = found[i]
-                kept += 1
+        ties = budget
         for i in range(m):
-            if kept == budget:
-                break
-            if scores[i] == cut:
-                rows[kept] = found[i]
+            if scores[i] > cut:
+                ties -= 1
+        kept = 0
+        for i in range(m):
+            if scores[i] > cut or (scores[i] == cut and ties > 0):
+                if scores[i] == cut:
+                    ties -= 1
+                rows[kept] = rows[i]
                 kept += 1
-        rows[:kept] = np.sort(rows[:kept])
         m = kept
     for c in probes:
         acc[starts[c] : starts[c + 1]] = 0.0
