@@ -146,7 +146,8 @@ def dense_rows(size: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, arg
                     *measure(lambda q: flat.search(q, TOPK)[1], xq, truth, args.singles)))
     hnsw, build = cached_faiss(args.cache / f"hnsw32-{size}.faiss",
                                lambda: faiss.IndexHNSWFlat(D, 32, faiss.METRIC_INNER_PRODUCT), xb, train=False)
-    for ef in (16, 32, 64, 128, 256):
+    # a fine grid from 64 up, so "HNSW32 at >= this recall" is the efSearch that first reaches it
+    for ef in (16, 32, 64, 96, 128, 160, 192, 256):
         hnsw.hnsw.efSearch = ef
         rows.append(Row(size, f"faiss HNSW32 efSearch={ef}", "HNSW32", build, 4 * D + 2 * 32 * 4 + 8,
                         *measure(lambda q: hnsw.search(q, TOPK)[1], xq, truth, args.singles)))
