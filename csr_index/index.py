@@ -68,7 +68,7 @@ class CSRIndex:
         self.store_vectors = bool(store_vectors)
         self.values_dtype, self.vectors_dtype = np.dtype(values_dtype), np.dtype(vectors_dtype)
         self._store = RowStore()
-        self._store.cluster_rows = check_positive(cluster_rows, "cluster_rows", allow_none=True)
+        self.cluster_rows = cluster_rows
         self._saves: dict[str, int] = {}  # index directory -> its save count when this handle last loaded/saved it
         self.set_engine(engine)
 
@@ -90,8 +90,17 @@ class CSRIndex:
     train_stats = property(lambda self: self.encoder.train_stats)
     is_trained = property(lambda self: self.encoder.is_trained)
     ntotal = property(lambda self: self._store.snapshot.ntotal, doc="Number of live stored vectors.")
-    cluster_rows = property(lambda self: self._store.cluster_rows,
-                            doc="Rows per cluster of merged segments (None: off).")
+
+    @property
+    def cluster_rows(self) -> int | None:
+        """Rows per cluster of merged segments of 262,144 rows or more (None: off). Settable: later
+        merges follow it, and :meth:`compact` clusters one big unclustered segment (an index saved
+        before clustering, loaded); segments already clustered keep their clusters until merged."""
+        return self._store.cluster_rows
+
+    @cluster_rows.setter
+    def cluster_rows(self, value: int | None) -> None:
+        self._store.cluster_rows = check_positive(value, "cluster_rows", allow_none=True)
 
     @property
     def k_doc(self) -> int:

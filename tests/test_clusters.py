@@ -159,7 +159,14 @@ def test_clustering_is_on_by_default_and_compact_clusters_one_big_segment(small_
     plain.compact()
     assert plain.cluster_rows is None and plain._store.snapshot.segments[0].clusters is None
     plain.save(tmp_path / "plain")
-    assert CSRIndex.load(tmp_path / "plain").cluster_rows is None  # a save without the setting loads as off
+    loaded = CSRIndex.load(tmp_path / "plain")
+    assert loaded.cluster_rows is None  # a save without the setting loads as off
+    with pytest.raises(ValueError, match="cluster_rows"):
+        loaded.cluster_rows = 0
+    loaded.cluster_rows = 50  # turned on later: compact clusters its one big segment
+    loaded.compact()
+    assert loaded._store.snapshot.segments[0].clusters.count >= 10
+    np.testing.assert_array_equal(loaded.search(x[:20], 5)[1][:, 0], plain.search(x[:20], 5)[1][:, 0])
     index = clustered_index(make_index)
     index.add(x)  # one add: one segment, no merge yet
     assert index._store.snapshot.segments[0].clusters is None
