@@ -8,9 +8,9 @@ CSR indexes use the adapter speed.py caches (trained on the 100k corpus) and are
 (which clusters the rows, unless ``cluster_rows=None``). Build seconds are that add + compact
 (encoding included), on 2 threads. Then, one query at a time on one thread: the default search of
 the unclustered index (``cluster_rows=None``), the clustered index at each ``probe_fraction``
-(default 0.3), and faiss HNSW32 (cached as speed.py builds it) at four efSearch, all in this run. Prints recall@10, p50, memory per
-vector (``index.stats()``), and for each CSR row the p50 ratio to the first HNSW row that
-reaches its recall.
+(default 0.3), and faiss HNSW32 (cached as speed.py builds it) at four efSearch, all in this run.
+Prints recall@10, p50, memory per vector (``index.stats()``), and for each CSR row the p50 ratio
+to the first HNSW row that reaches its recall.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def main() -> None:
                                 lambda: faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT), xb, train=False)
     del xb
     r = measure(lambda q: flat.search(q, TOPK)[1], xq, truth, args.singles)
-    rows.append(("CSR cluster_rows=None (unclustered), default search", flat_s, flat.stats()["memory_bytes_per_vector"], r[0], r[2]))
+    rows.append(("CSR cluster_rows=None (unclustered), default search", flat_s,
+                 flat.stats()["memory_bytes_per_vector"], r[0], r[2]))
     for fraction in (float(f) for f in args.fractions.split(",")):
         clustered.set_engine("pruned", probe_fraction=fraction)
         r = measure(lambda q: clustered.search(q, TOPK)[1], xq, truth, args.singles)

@@ -103,17 +103,23 @@ def _means(vectors: np.ndarray, scales: np.ndarray | None, labels: np.ndarray, c
     return _unit(sums)
 
 
-def _nearest(vectors: np.ndarray, scales: np.ndarray | None, centroids: np.ndarray, top: int = 1) -> np.ndarray:
-    """The ``top`` nearest centroids (largest inner products, best first) of every row: int32 (n, top)."""
-    out = np.empty((len(vectors), top), np.int32)
-    for s in range(0, len(vectors), CHUNK):
-        scores = _rows(vectors, scales, slice(s, s + CHUNK)) @ centroids.T
-        if top == 1:
-            out[s : s + CHUNK, 0] = np.argmax(scores, axis=1)
+def _nearest(vectors: np.ndarray, scales: np.ndarray | None, centroids: np.ndarray, top: int,
+             rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` nearest centroids (largest inner products, best first) of the originals
+    ``rows`` (default: all), and those inner products: int32 and float32 (len(rows), top), scored
+    :data:`CHUNK` rows at a time."""
+    total = len(vectors) if rows is None else len(rows)
+    ids, products = np.empty((total, top), np.int32), np.empty((total, top), np.float32)
+    for s in range(0, total, CHUNK):
+        scores = _rows(vectors, scales, slice(s, s + CHUNK) if rows is None else rows[s : s + CHUNK]) @ centroids.T
+        if top == 1:  # argmax: 1.7 s less than a partition and a sort for the 1M rows' clusters
+            pick = np.argmax(scores, axis=1)[:, None]
         else:
-            best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-            out[s : s + CHUNK] = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), 1), 1)
-    return out
+            pick = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+            pick = np.take_along_axis(pick, np.argsort(-np.take_along_axis(scores, pick, 1), axis=1), 1)
+        ids[s : s + CHUNK] = pick
+        products[s : s + CHUNK] = np.take_along_axis(scores, pick, 1)
+    return ids, products
 
 
 def _kmeans(xs: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -127,6 +133,7 @@ def _kmeans(xs: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``min(n, size)`` distinct positions of ``range(n)``, ascending."""
     return np.sort(rng.choice(n, min(n, size), replace=False))
 
 
@@ -148,22 +155,20 @@ def cluster_order(vectors: np.ndarray, scales: np.ndarray | None, rows_per_clust
     groups = max(1, int(round(np.sqrt(count))))
     rng = np.random.default_rng(seed)
     coarse = _kmeans(_unit(_rows(vectors, scales, _sample(rng, n, groups * SAMPLE_PER_GROUP))), groups, rng)
-    near = _nearest(vectors, scales, coarse, min(2, groups))
+    near = _nearest(vectors, scales, coarse, min(2, groups))[0]
     labels, best = np.zeros(n, np.int64), np.full(n, -np.inf, np.float32)
     first = 0  # the first cluster number of the group
     for g in range(groups):
         members = np.flatnonzero(near[:, 0] == g)
+        if len(members) == 0:  # no row is nearest to it: no clusters
+            continue
         leaves = max(1, int(round(len(members) / rows_per_cluster)))
         xs = _unit(_rows(vectors, scales, members[_sample(rng, len(members), leaves * SAMPLE_PER_CLUSTER)]))
         centroids = _kmeans(xs, leaves, rng) if leaves > 1 else _unit(xs.sum(axis=0, keepdims=True))
-        near_g = np.flatnonzero((near == g).any(axis=1))  # its members and the rows it is second nearest to
-        for s in range(0, len(near_g), CHUNK):
-            rows = near_g[s : s + CHUNK]
-            scores = _rows(vectors, scales, rows) @ centroids.T
-            leaf = np.argmax(scores, axis=1)
-            score = scores[np.arange(len(rows)), leaf]
-            better = score > best[rows]
-            best[rows[better]], labels[rows[better]] = score[better], first + leaf[better]
+        rows = np.flatnonzero((near == g).any(axis=1))  # its members and the rows it is second nearest to
+        leaf, product = (a[:, 0] for a in _nearest(vectors, scales, centroids, 1, rows))
+        better = product > best[rows]
+        best[rows[better]], labels[rows[better]] = product[better], first + leaf[better]
         first += leaves
     sizes = np.bincount(labels, minlength=first)
     kept = sizes > 0
