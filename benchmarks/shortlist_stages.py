@@ -20,7 +20,7 @@ import numpy as np
 from common import CACHE, pin_threads
 from csr_index.clusters import nearest_clusters
 from csr_index.engines.base import kernel_vector, sparse_query_arrays
-from csr_index.engines.shortlist import _add_lists, _score_rows, _shortlist
+from csr_index.engines.shortlist import _add_lists, _score_rows, _select
 from csr_index.scoring import SCORES, default_rerank
 from speed import TOPK, csr_index_for, load_data
 
@@ -43,6 +43,7 @@ def stages(size: str, queries: int) -> None:
     p, f = engine.postings, engine.forward
     acc = np.zeros(engine.n, np.float32)
     rows = np.empty(engine.n + 1, np.int32)
+    scores = np.empty(engine.n + 1, np.float32)
     skip = np.zeros(0, np.uint8)
     hv, hi = np.empty(rerank, np.float32), np.empty(rerank, np.int64)
     prepared = [index.prepare(xq[q : q + 1], "queries") for q in range(queries + 1)]
@@ -59,7 +60,10 @@ def stages(size: str, queries: int) -> None:
         t0 = time.perf_counter()
         _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
         t1 = time.perf_counter()
-        m = _shortlist(acc, off, scale, skip, budget, probes[q][0], starts, rows)
+        m = _select(acc, off, scale, skip, budget, probes[q][0], starts, rows, scores, False)
+        if m < 0:  # the sampled threshold missed (rare): the engine adds the lists again
+            _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
+            m = _select(acc, off, scale, skip, budget, probes[q][0], starts, rows, scores, True)
         t2 = time.perf_counter()
         _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
         t3 = time.perf_counter()

@@ -384,8 +384,8 @@ def test_default_rerank_depth_depends_on_the_shortlist(filled_index_factory, que
     from csr_index.scoring import default_rerank
 
     assert [default_rerank("asymmetric", 5), default_rerank("code", 5), default_rerank("code", 20)] == [100, 300, 600]
-    # deeper for a collection beyond 100k docs: x (n / 100k) ** 0.3, x2 at 1M; none below
-    assert [default_rerank("asymmetric", 10, 1_000_000), default_rerank("asymmetric", 10, 50_000)] == [200, 100]
+    # deeper for a collection beyond 100k docs: x (n / 100k) ** 0.6, x4 at 1M; none below
+    assert [default_rerank("asymmetric", 10, 1_000_000), default_rerank("asymmetric", 10, 50_000)] == [398, 100]
     index = filled_index_factory(store_vectors=True)
     for score in ("code", "asymmetric"):
         D, I = index.search(queries, 5, score=score)

@@ -47,21 +47,24 @@ LUT = half_lut()
 
 class Workspace(NamedTuple):
     """Per-thread scratch of the term-at-a-time kernels, one row per chunk of queries: the score
-    accumulator and touched-doc marks (length n), a row buffer (n + 1: the exact engine's
-    touched docs, the pruned engine's shortlist), and a dense query (length h). Kernels
-    leave it cleared, so an engine allocates it once per calling thread and reuses it: for a
-    single query on 100k docs, allocating and zeroing it cost more than reading 2,000 postings."""
+    accumulator and touched-doc marks (length n), a row buffer and a score buffer (n + 1: the
+    exact engine's touched docs, the pruned engine's shortlist and its partial scores), and a
+    dense query (length h). Kernels leave it cleared, so an engine allocates it once per calling
+    thread and reuses it: for a single query on 100k docs, allocating and zeroing it cost more
+    than reading 2,000 postings."""
 
     acc: np.ndarray
     mark: np.ndarray
     touched: np.ndarray
+    scores: np.ndarray
     qdense: np.ndarray
 
     @classmethod
     def empty(cls, chunks: int, n: int, h: int) -> "Workspace":
-        # one spare touched slot: the branch-free accumulator writes before it counts
+        # one spare slot: the branch-free loops write before they count
         return cls(np.zeros((chunks, n), np.float32), np.zeros((chunks, n), np.uint8),
-                   np.empty((chunks, n + 1), np.int32), np.zeros((chunks, h), np.float32))
+                   np.empty((chunks, n + 1), np.int32), np.empty((chunks, n + 1), np.float32),
+                   np.zeros((chunks, h), np.float32))
 
 
 def value_of(vals, lut, e):

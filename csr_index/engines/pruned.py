@@ -30,7 +30,7 @@ class PrunedEngine(InvertedIndexEngine):
        (``candidates`` x ``share`` for a segment that holds that share of the collection's
        rows) by one linear pass with a sampled threshold, not a heap. ``candidates`` is the
        budget up to 100,000 docs; a larger collection of n docs gets ``candidates`` x
-       ``(n / 100,000) ** candidates_growth`` (default 0.6: 3,200 at 1M, where 800 lost recall@10
+       ``(n / 100,000) ** candidates_growth`` (default 0.7: 4,009 at 1M, where 800 lost recall@10
        0.972 -> 0.904; see :mod:`csr_index.budgets`); ``candidates_growth=0`` keeps it fixed.
     2. The shortlist is scored exactly with the whole query (the dense projection in
        asymmetric scoring, all the terms in code scoring) against the forward index

@@ -4,7 +4,7 @@ Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically
 the engine was built) are added into a dense per-thread accumulator, only the runs of the
 clusters the query probes (a clustered segment's nearest ones, see :mod:`csr_index.clusters`;
 otherwise one cluster holds all n docs); the ``candidates`` best docs of those clusters by
-that partial score are selected in linear time (:func:`_shortlist`); those are scored
+that partial score are selected in linear time (:func:`_select`); those are scored
 exactly against the forward index, prefetching the rows a few candidates ahead; a bounded
 heap keeps the top-n. Array conventions are those of :mod:`csr_index.engines.kernels`.
 """
@@ -55,7 +55,14 @@ def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, 
 LOWEST = np.float32(-3.4028235e38)
 """The smallest finite float32: a threshold every touched doc passes."""
 SAMPLE_FRACTION = 16
-"""One doc in SAMPLE_FRACTION is sampled to estimate :func:`_shortlist`'s threshold."""
+"""At least one doc in SAMPLE_FRACTION is sampled to estimate :func:`_select`'s threshold."""
+SAMPLE_TOP = 64
+"""A larger budget samples fewer docs, so that about this many of them pass the threshold: on the
+1M set (3,185 candidates) one doc in 74 instead of 16 cut the threshold's time from 0.45 to 0.15 ms,
+and 1 query in 300 still fell back to the exact pass."""
+PASS = 1.5
+"""The threshold is set where about PASS x budget live docs pass it (1.25 missed 36 queries in 300
+with the sparser sample)."""
 RUNS_PER_CLUSTER = 8
 """At least this many sample runs in each probed cluster: its rows keep their insertion order, and
 neighbours in that order can score alike (on the 1M set, one run at each cluster's start sampled
@@ -81,66 +88,54 @@ def _live(acc, skip, d):
 
 
 @njit(cache=True)
-def _above(acc, off, scale, tau, lo, hi, rows, m):
-    """Docs ``lo:hi`` whose partial score is >= ``tau`` appended to ``rows`` from ``m``; returns
-    the new count. The doc numbers are unsigned: numba then drops its negative-index check from
-    each read, which made this loop 1.5 times slower (100k docs)."""
-    if scale.shape[0] > 0:
-        for d in range(np.uint64(lo), np.uint64(hi)):
-            if (acc[d] + off) * scale[d] >= tau:
-                rows[m] = d
-                m += 1
-    else:
-        for d in range(np.uint64(lo), np.uint64(hi)):
-            if acc[d] + off >= tau:
-                rows[m] = d
-                m += 1
+def _collect(acc, off, scale, skip, tau, lo, hi, rows, scores, m):
+    """Live docs ``lo:hi`` whose partial score is >= ``tau`` and their scores appended to ``rows``
+    and ``scores`` from ``m``, each doc's ``acc`` cleared as it is read; returns the new count.
+    Few docs pass: the test on the score is a predictable branch, and inside it a doc is written
+    first and counted only if live (touched, not skipped). Testing ``acc[d] != 0`` in the branch
+    made the loop three times slower (1M docs): the compiler joins both tests, and a third of the
+    docs are untouched at random. The doc numbers are unsigned: numba then drops its negative-index
+    check from each read, which made the loop 1.5 times slower (100k docs)."""
+    has_scale, has_skip = scale.shape[0] > 0, skip.shape[0] > 0
+    for d in range(np.uint64(lo), np.uint64(hi)):
+        a = acc[d]
+        acc[d] = 0.0
+        s = (a + off) * scale[d] if has_scale else a + off
+        if s >= tau:
+            rows[m] = d
+            scores[m] = s
+            live = a != 0.0
+            if has_skip:
+                live &= skip[d] == 0
+            m += live
     return m
 
 
 @njit(cache=True)
-def _collect(acc, off, scale, skip, tau, probes, starts, rows):
-    """Live docs of the clusters ``probes`` whose partial score is >= ``tau``, in doc order,
-    written to ``rows``; returns how many. One read of the accumulator that tests the score alone
-    (few docs pass: a predictable branch), then the few that passed are checked for being live. Testing
-    ``acc[d] != 0`` in the same loop made it six times slower (numba, 1M docs), as did a first
-    pass writing every score (-inf for the untouched third of the docs at 1M), which cost more
-    than the rest of the selection."""
-    m = 0
-    for c in probes:
-        m = _above(acc, off, scale, tau, starts[c], starts[c + 1], rows, m)
-    kept = 0
-    for i in range(m):
-        d = rows[i]
-        if _live(acc, skip, d):
-            rows[kept] = d
-            kept += 1
-    return kept
-
-
-@njit(cache=True)
 def _threshold(acc, off, scale, skip, budget, probes, starts):
-    """A partial score that about 1.25 x ``budget`` live docs of the clusters ``probes`` reach,
-    read off a sample of one doc in :data:`SAMPLE_FRACTION` from each cluster: ``SAMPLE_CHUNKS /
-    probes`` runs (at least :data:`RUNS_PER_CLUSTER`) spread evenly over it; :data:`LOWEST` when
-    the sample holds too few live docs. Docs near each other in one cluster score alike, so every probed
-    cluster is sampled, in proportion to its size."""
+    """A partial score that about :data:`PASS` x ``budget`` live docs of the clusters ``probes``
+    reach, read off a sample of one doc in max(:data:`SAMPLE_FRACTION`, PASS x budget /
+    :data:`SAMPLE_TOP`) from each cluster: ``SAMPLE_CHUNKS / probes`` runs (at least
+    :data:`RUNS_PER_CLUSTER`) spread evenly over it; :data:`LOWEST` when the sample holds too few
+    live docs. Docs near each other in one cluster score alike, so every probed cluster is sampled,
+    in proportion to its size."""
     total = 0
     for c in probes:
         total += starts[c + 1] - starts[c]
     if budget >= total:
         return LOWEST
+    fraction = max(SAMPLE_FRACTION, int(PASS * budget) // SAMPLE_TOP)
     chunks = max(RUNS_PER_CLUSTER, SAMPLE_CHUNKS // probes.shape[0])
     ns = 0
     for c in probes:
-        ns += chunks * (((starts[c + 1] - starts[c]) // (SAMPLE_FRACTION * chunks)) or 1)
-    want = min(ns, (5 * budget * ns) // (4 * total) + 1)
+        ns += chunks * (((starts[c + 1] - starts[c]) // (fraction * chunks)) or 1)
+    want = min(ns, int(PASS * budget * ns / total) + 1)
     hv = np.empty(want, dtype=np.float32)
     hi = np.empty(want, dtype=np.int64)
     size = 0
     for c in probes:
         length = starts[c + 1] - starts[c]
-        run = (length // (SAMPLE_FRACTION * chunks)) or 1
+        run = (length // (fraction * chunks)) or 1
         for j in range(chunks):
             first = starts[c] + j * length // chunks
             for d in range(np.uint64(first), np.uint64(min(starts[c + 1], first + run))):
@@ -151,30 +146,26 @@ def _threshold(acc, off, scale, skip, budget, probes, starts):
 
 
 @njit(cache=True)
-def _shortlist(acc, off, scale, skip, budget, probes, starts, rows):
+def _select(acc, off, scale, skip, budget, probes, starts, rows, scores, exact):
     """The ``budget`` best docs of the clusters ``probes`` (ascending; cluster c holds docs
     ``starts[c]:starts[c + 1]``) by partial score ``(acc[d] + off) * scale[d]`` among those the
-    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n) in doc
-    order; returns how many (fewer when fewer were touched); leaves those clusters' ``acc`` cleared.
+    terms touched (``acc[d] != 0``) and not skipped, written to ``rows`` (capacity n + 1) in doc
+    order; returns how many (fewer when fewer were touched), or -1 when the sampled threshold
+    passed fewer than ``budget`` docs (rare: the caller adds the lists again and calls with
+    ``exact``). Leaves those clusters' ``acc`` cleared either way.
 
-    Linear in the probed docs, no heap over the touched docs: a threshold that about 1.25 x
-    ``budget`` docs pass is read off a sample (:func:`_threshold`), one pass collects the docs
-    above it, and only those few are cut to ``budget`` exactly (ties: lower doc first). A
-    threshold set too high (a sampling miss, rare) is redone exactly."""
-    tau = _threshold(acc, off, scale, skip, budget, probes, starts)
-    m = _collect(acc, off, scale, skip, tau, probes, starts, rows)
-    if m < budget and tau > LOWEST:  # the sample missed: the exact budget-th score of the live docs
-        m = _collect(acc, off, scale, skip, LOWEST, probes, starts, rows)
-        if m > budget:
-            scores = np.empty(m, dtype=np.float32)
-            for i in range(m):
-                scores[i] = _partial(acc, off, scale, rows[i])
-            m = _collect(acc, off, scale, skip, np.partition(scores, m - budget)[m - budget], probes, starts, rows)
+    Linear in the probed docs, no heap over the touched docs: a threshold that about
+    :data:`PASS` x ``budget`` docs pass is read off a sample (:func:`_threshold`; with ``exact``
+    every live doc passes), one pass collects the docs above it with their scores and clears the
+    accumulator, and only those few are cut to ``budget`` exactly (ties: lower doc first)."""
+    tau = LOWEST if exact else _threshold(acc, off, scale, skip, budget, probes, starts)
+    m = 0
+    for c in probes:
+        m = _collect(acc, off, scale, skip, tau, starts[c], starts[c + 1], rows, scores, m)
+    if m < budget and tau > LOWEST:
+        return -1
     if m > budget:  # cut to the budget in one pass, in doc order: every doc above the cut, the first ties at it
-        scores = np.empty(m, dtype=np.float32)
-        for i in range(m):
-            scores[i] = _partial(acc, off, scale, rows[i])
-        cut = np.partition(scores, m - budget)[m - budget]
+        cut = np.partition(scores[:m], m - budget)[m - budget]
         ties = budget
         for i in range(m):
             if scores[i] > cut:
@@ -187,8 +178,6 @@ def _shortlist(acc, off, scale, skip, budget, probes, starts, rows):
                 rows[kept] = rows[i]
                 kept += 1
         m = kept
-    for c in probes:
-        acc[starts[c] : starts[c + 1]] = 0.0
     return m
 
 
@@ -216,7 +205,7 @@ def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
                   indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
                   out_d, out_i):
-    acc, rows, qdense = work.acc[c], work.touched[c], work.qdense[c]
+    acc, rows, scores, qdense = work.acc[c], work.touched[c], work.scores[c], work.qdense[c]
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
     hi = np.empty(topn, dtype=np.int64)
@@ -225,7 +214,10 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
         # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
         mine = probes[q] if probes.shape[0] > 1 else probes[0]
         _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
-        csize = _shortlist(acc, off, scale, skip, candidates, mine, starts, rows)
+        csize = _select(acc, off, scale, skip, candidates, mine, starts, rows, scores, False)
+        if csize < 0:  # the sampled threshold was too high: the lists again, every live doc
+            _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
+            csize = _select(acc, off, scale, skip, candidates, mine, starts, rows, scores, True)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
