@@ -5,8 +5,10 @@
 The same data, index and adapter as speed.py (the 1M set is pypi-100k plus 900k synthetic
 mixes). For each query, one after another on one thread, the pruned engine's stages are timed
 apart: adding the posting lists of the query's ``query_cut`` strongest terms into the
-accumulator (in a clustered segment, their runs in the query's nearest clusters only), selecting the candidates from it, and scoring the candidates exactly from the
-forward index; then, in a second pass over the same queries, the whole engine call. Prints p50 per stage, the postings
+accumulator (in a clustered segment, their runs in the query's nearest clusters only), selecting
+the candidates from it (a rare sampling miss adds the lists again, as the engine does), and
+scoring the candidates exactly from the forward index; then, in a second pass over the same
+queries, the whole engine call. Prints p50 per stage, the postings
 read and the candidates scored. The engine is the one a default ``index.search`` builds.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 from common import CACHE, pin_threads
 from csr_index.clusters import nearest_clusters
 from csr_index.engines.base import kernel_vector, sparse_query_arrays
-from csr_index.engines.shortlist import _add_lists, _score_rows, _select
+from csr_index.engines.shortlist import _add_lists, _score_rows, _shortlist
 from csr_index.scoring import SCORES, default_rerank
 from speed import TOPK, csr_index_for, load_data
 
@@ -60,10 +62,8 @@ def stages(size: str, queries: int) -> None:
         t0 = time.perf_counter()
         _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
         t1 = time.perf_counter()
-        m = _select(acc, off, scale, skip, budget, probes[q][0], starts, rows, scores, False)
-        if m < 0:  # the sampled threshold missed (rare): the engine adds the lists again
-            _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
-            m = _select(acc, off, scale, skip, budget, probes[q][0], starts, rows, scores, True)
+        m = _shortlist(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs,
+                       acc, off, scale, skip, budget, starts, rows, scores)  # a sampling miss re-adds the lists
         t2 = time.perf_counter()
         _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
         t3 = time.perf_counter()

@@ -74,11 +74,12 @@ missed the cache on every run (0.35 and 0.85 ms of the selection at 1M)."""
 
 
 @njit(cache=True, inline="always")
-def _partial(acc, off, scale, d):
-    """Doc ``d``'s partial score: ``(acc[d] + off) * scale[d]`` (no scale when ``scale`` is empty)."""
+def _partial(a, off, scale, d):
+    """Doc ``d``'s partial score from its accumulated ``a``: ``(a + off) * scale[d]`` (no scale
+    when ``scale`` is empty)."""
     if scale.shape[0] > 0:
-        return (acc[d] + off) * scale[d]
-    return acc[d] + off
+        return (a + off) * scale[d]
+    return a + off
 
 
 @njit(cache=True, inline="always")
@@ -96,11 +97,11 @@ def _collect(acc, off, scale, skip, tau, lo, hi, rows, scores, m):
     made the loop three times slower (1M docs): the compiler joins both tests, and a third of the
     docs are untouched at random. The doc numbers are unsigned: numba then drops its negative-index
     check from each read, which made the loop 1.5 times slower (100k docs)."""
-    has_scale, has_skip = scale.shape[0] > 0, skip.shape[0] > 0
+    has_skip = skip.shape[0] > 0
     for d in range(np.uint64(lo), np.uint64(hi)):
         a = acc[d]
         acc[d] = 0.0
-        s = (a + off) * scale[d] if has_scale else a + off
+        s = _partial(a, off, scale, d)
         if s >= tau:
             rows[m] = d
             scores[m] = s
@@ -139,7 +140,7 @@ def _threshold(acc, off, scale, skip, budget, probes, starts):
         for j in range(chunks):
             first = starts[c] + j * length // chunks
             for d in range(np.uint64(first), np.uint64(min(starts[c + 1], first + run))):
-                s = _partial(acc, off, scale, d)
+                s = _partial(acc[d], off, scale, d)
                 if (size < want or s > hv[0]) and _live(acc, skip, d):  # most docs fail the first test
                     size = _heap_push(hv, hi, size, s, d)
     return max(LOWEST, hv[0]) if size == want else LOWEST
@@ -182,6 +183,19 @@ def _select(acc, off, scale, skip, budget, probes, starts, rows, scores, exact):
 
 
 @njit(cache=True)
+def _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc, off, scale, skip, budget,
+               starts, rows, scores):
+    """:func:`_select` over the lists :func:`_add_lists` has added for query ``q``; when the
+    sampled threshold misses, the lists are added again and every live doc passes. Returns the
+    shortlist's size (rows in ``rows``); leaves ``acc`` cleared."""
+    m = _select(acc, off, scale, skip, budget, probes, starts, rows, scores, False)
+    if m < 0:
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc)
+        m = _select(acc, off, scale, skip, budget, probes, starts, rows, scores, True)
+    return m
+
+
+@njit(cache=True)
 def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
     """The exact scores ``(qrow . code_d + off) * scale[d]`` of the shortlist ``rows[:m]`` from the
     forward index, the best kept in the bounded heap (hv, hi); returns its size. The rows are
@@ -214,10 +228,8 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
         # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
         mine = probes[q] if probes.shape[0] > 1 else probes[0]
         _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
-        csize = _select(acc, off, scale, skip, candidates, mine, starts, rows, scores, False)
-        if csize < 0:  # the sampled threshold was too high: the lists again, every live doc
-            _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
-            csize = _select(acc, off, scale, skip, candidates, mine, starts, rows, scores, True)
+        csize = _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc, off, scale, skip,
+                           candidates, starts, rows, scores)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
             qrow = dense[q]
