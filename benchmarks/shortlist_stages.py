@@ -42,7 +42,7 @@ def stages(size: str, queries: int) -> None:
     scale = kernel_vector(score.scale(index.encoder, seg), engine.n, "scale")  # empty: none (metric 'ip')
     rerank = default_rerank("asymmetric", TOPK, index.ntotal)
     budget = engine.shortlist_size(rerank)
-    p, f = engine.postings, engine.forward
+    p, f = engine.lists, engine.forward
     acc = np.zeros(engine.n, np.float32)
     rows = np.empty(engine.n + 1, np.int32)
     scores = np.empty(engine.n + 1, np.float32)
@@ -60,12 +60,13 @@ def stages(size: str, queries: int) -> None:
         qptr, qlat, qval = sparse_query_arrays(batch.terms)
         off = np.float32(batch.offset[0]) if batch.offset is not None else np.float32(0)
         t0 = time.perf_counter()
-        _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs, acc)
+        _add_lists(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.scale, probes[q][0], runs, starts,
+                   acc)
         t1 = time.perf_counter()
-        m = _shortlist(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.lut, probes[q][0], runs,
+        m = _shortlist(0, qptr, qlat, qval, engine.query_cut, p.indptr, p.docs, p.vals, p.scale, probes[q][0], runs,
                        acc, off, scale, skip, budget, starts, rows, scores)  # a sampling miss re-adds the lists
         t2 = time.perf_counter()
-        _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, p.lut, scale, hv, hi)
+        _score_rows(rows, m, batch.dense[0], off, f.idx, f.vals, f.lut, scale, hv, hi)
         t3 = time.perf_counter()
         if q:  # the first query compiles and warms up
             for name, a, b in zip(times, (t0, t1, t2), (t1, t2, t3)):

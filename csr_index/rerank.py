@@ -44,6 +44,18 @@ def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return np.asarray(codes, dtype=np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _dot(query, vec, lut, d):
+    """``query . vec`` over d elements (vec float32, float16 bits through ``lut``, or int8), in
+    float32. Reassociated, so the compiler splits the sum into vector lanes: re-ranking 398
+    random int8 rows of the 1M set took 0.15 ms instead of 0.31 (0.07 instead of 0.23 with the
+    rows in cache); the unsigned index drops numba's negative-index check, which blocked that."""
+    s = np.float32(0.0)
+    for j in range(np.uint64(0), np.uint64(d)):
+        s += query[j] * value_of(vec, lut, j)
+    return s
+
+
 @njit(cache=True)
 def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
     topn = out_d.shape[1]
@@ -62,10 +74,7 @@ def _rerank_chunk(q0, q1, queries, cand, vectors, lut, scales, out_d, out_i):
             row = cand[q, r]
             if row < 0:
                 continue
-            s = np.float32(0.0)
-            vec = vectors[row]
-            for j in range(d):
-                s += queries[q, j] * value_of(vec, lut, j)
+            s = _dot(queries[q], vectors[row], lut, d)
             if use_scale:
                 s *= scales[row]
             size = _offer(hv, hi, size, s, row)

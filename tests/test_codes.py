@@ -238,10 +238,12 @@ def test_stats(make_index, corpus):
     assert s["ntotal"] == len(corpus) and s["is_trained"]
     assert s["code_bytes_per_vector"] == index.k * (2 + 2)  # uint16 index + float16 value
     nnz = int((index.codes().values != 0).sum())
-    # the default engine's posting lists (this segment is below full_scan_below: no list is cut):
-    # int32 doc + float16 value per non-zero, int64 offsets, each list's one run (h, 2) int32
-    # (an unclustered segment is one cluster); its forward index views the codes
-    postings = (6 * nnz + 8 * (index.h + 1) + 8 * index.h) / len(corpus)
+    # the default engine's posting lists (this segment is below full_scan_below: no list is cut, and
+    # it keeps the full lists for its exact scan): int32 doc + float16 value per non-zero, int64
+    # offsets; the shortlist's compact copy: uint16 doc + uint8 level, int64 offsets, a float32
+    # scale per list; each list's one run (h, 2) int32 (an unclustered segment is one cluster);
+    # its forward index views the codes
+    postings = (6 * nnz + 8 * (index.h + 1) + 3 * nnz + 8 * (index.h + 1) + 4 * index.h + 8 * index.h) / len(corpus)
     # codes, id, norm, int8 originals + their float32 scale (the default vectors_dtype), postings
     assert s["memory_bytes_per_vector"] == pytest.approx(index.k * 4 + 8 + 4 + index.d + 4 + postings, abs=0.1)
     assert s["memory_postings_bytes_per_vector"] == pytest.approx(postings, abs=0.1)

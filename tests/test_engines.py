@@ -18,7 +18,7 @@ from csr_index import SparseCodes
 from csr_index.engines import ENGINES, PrunedEngine, QueryBatch, make_engine, resolve_engine_name
 from csr_index.engines.base import sparse_query_arrays
 from csr_index.engines.kernels import half_lut
-from csr_index.engines.postings import Postings
+from csr_index.engines.postings import ClusterLists, Postings
 
 H = 96
 K = 8
@@ -333,16 +333,40 @@ def test_list_cut_reads_each_list_up_to_a_multiple_of_the_mean_length(clustered)
     full = make_engine("inverted", docs).postings
     limit = int(np.ceil(0.5 * len(full.docs) / (full.lengths > 0).sum()))
     assert engine.list_limit == limit
-    np.testing.assert_array_equal(engine.postings.lengths, np.minimum(full.lengths, limit))
+    lists = engine.lists  # one cluster from row 0: the docs' offsets are the docs
+    np.testing.assert_array_equal(np.diff(lists.indptr), np.minimum(full.lengths, limit))
     for lat in np.nonzero(full.lengths > limit)[0][:20]:  # a cut list keeps its strongest entries, in doc order
-        kept = engine.postings.docs[engine.postings.indptr[lat]:engine.postings.indptr[lat + 1]]
+        kept = lists.docs[lists.indptr[lat]:lists.indptr[lat + 1]].astype(np.int64)
         assert np.all(np.diff(kept) > 0)
         values = full.vals[full.indptr[lat]:full.indptr[lat + 1]]
-        assert np.sort(engine.postings.vals[engine.postings.indptr[lat]:engine.postings.indptr[lat + 1]]).tolist() == \
-            np.sort(values)[::-1][:limit][::-1].tolist()
+        strongest = np.sort(values)[::-1][:limit]
+        assert values[np.isin(full.docs[full.indptr[lat]:full.indptr[lat + 1]], kept)].min() >= strongest[-1]
+        levels = lists.vals[lists.indptr[lat]:lists.indptr[lat + 1]].astype(np.float32)
+        np.testing.assert_allclose(np.sort(levels * lists.scale[lat]), np.sort(strongest),
+                                   atol=lists.scale[lat] / 2 + 1e-7)
     # a cut shortlist is a subset of the uncut one's reach: every result shares a read latent
     D, rows = engine.search(sparse(q), 10)
     assert (rows[:, 0] >= 0).all()
+
+
+def test_cluster_lists_store_offsets_in_clusters_and_levels_of_each_list(docs):
+    """The compact lists hold the full lists' entries, in order: each doc as its offset from its
+    cluster's first row (uint16), each value as a level 1..255 within half a step of the value."""
+    starts = np.array([0, 100, 350, 351, docs.n])
+    full = Postings.build(docs)
+    lists = ClusterLists.build(full, starts)
+    assert lists.docs.dtype == np.uint16 and lists.vals.dtype == np.uint8
+    np.testing.assert_array_equal(lists.indptr, full.indptr)
+    cluster = np.searchsorted(starts, full.docs, side="right") - 1
+    np.testing.assert_array_equal(lists.docs.astype(np.int64) + starts[cluster], full.docs)
+    lat = np.repeat(np.arange(H), np.diff(full.indptr))
+    assert lists.vals.min() >= 1 and lists.vals.max() == 255
+    np.testing.assert_allclose(lists.vals * lists.scale[lat], full.vals, atol=float(lists.scale.max()) / 2 + 1e-7)
+    # a cluster of more rows than uint16 counts keeps int32 offsets
+    one = Postings(np.array([0, 2]), np.array([5, 70_000], np.int32), np.array([0.5, 2.0], np.float32),
+                   np.empty(0, np.float32))
+    wide = ClusterLists.build(one, np.array([0, 70_001]))
+    assert wide.docs.dtype == np.int32 and wide.docs.tolist() == [5, 70_000] and wide.vals.tolist() == [64, 255]
 
 
 # The pruned engine scans every doc exactly below ``full_scan_below`` (4,096 by default), so a

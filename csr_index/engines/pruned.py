@@ -10,7 +10,7 @@ from ..validation import check_positive
 from .shortlist import list_runs, pruned_topn
 from .base import empty_result, sparse_query_arrays
 from .inverted import InvertedIndexEngine
-from .postings import list_lengths
+from .postings import ClusterLists, list_lengths
 
 __all__ = ["PrunedEngine", "PROBE_FRACTION"]
 
@@ -92,6 +92,10 @@ class PrunedEngine(InvertedIndexEngine):
         self.clusters = None if clusters is None else starts
         self._starts = starts
         self._runs = list_runs(self.postings.indptr, self.postings.docs, starts)
+        self.lists = ClusterLists.build(self.postings, starts)
+        """The shortlist's posting lists, compact (see :class:`ClusterLists`)."""
+        if self.n >= self.full_scan_below:  # never scanned exactly: the full-width lists are not kept
+            self.postings = None
         self._every = np.zeros((1, 1), dtype=np.int64)  # the probes of an unclustered engine: its one cluster
 
     def _list_limit(self, codes: SparseCodes) -> int | None:
@@ -116,7 +120,8 @@ class PrunedEngine(InvertedIndexEngine):
 
     @property
     def nbytes(self) -> int:
-        return super().nbytes + int(self._runs.nbytes)
+        full = 0 if self.postings is None else self.postings.nbytes
+        return full + self.lists.nbytes + self._forward_copies + int(self._runs.nbytes)
 
     def _search(self, queries, topn, scale, skip, share=1.0, probes=None):
         if self.n < self.full_scan_below * share:
@@ -128,8 +133,8 @@ class PrunedEngine(InvertedIndexEngine):
                  else np.ascontiguousarray(queries.dense, dtype=np.float32))
         cut = self.h if self.query_cut is None else min(self.query_cut, self.h)
         shortlist = self.shortlist_size(topn, share)
-        p, f = self.postings, self.forward
+        p, f = self.lists, self.forward
         pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
-                    f.idx, f.vals, p.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i,
+                    p.scale, f.idx, f.vals, f.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i,
                     self._every if probes is None else probes, self._starts, self._runs)
         return out_d, out_i

@@ -1,7 +1,8 @@
 """Compiled (numba) kernels of the pruned engine: a sparse shortlist, then exact scores.
 
 Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically pruned when
-the engine was built) are added into a dense per-thread accumulator, only the runs of the
+the engine was built, compact: :class:`~csr_index.engines.postings.ClusterLists`) are added
+into a dense per-thread accumulator, only the runs of the
 clusters the query probes (a clustered segment's nearest ones, see :mod:`csr_index.clusters`;
 otherwise one cluster holds all n docs); the ``candidates`` best docs of those clusters by
 that partial score are selected in linear time (:func:`_select`); those are scored
@@ -39,17 +40,20 @@ def list_runs(indptr, docs, starts):
 
 
 @njit(cache=True)
-def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc):
-    """Add the first ``cut`` query terms' products over their (doc-ordered) posting lists into
-    ``acc``, only the runs of the clusters ``probes`` (see :func:`list_runs`): each run read
-    front to back, no touched-doc list."""
+def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, scale, probes, runs, starts, acc):
+    """Add the first ``cut`` query terms' products over their posting lists (a
+    :class:`~csr_index.engines.postings.ClusterLists`: docs as offsets in their cluster, values as
+    levels of the list's ``scale``) into ``acc``, only the runs of the clusters ``probes`` (see
+    :func:`list_runs`), each into its cluster's window of ``acc``: read front to back, no
+    touched-doc list."""
     for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
         lat = qlat[p]
-        w = qval[p]
+        w = qval[p] * scale[lat]
         base = indptr[lat]
-        for c in probes:  # unsigned positions and docs: no negative-index checks in the loop
+        for c in probes:
+            window = acc[starts[c] : starts[c + 1]]
             for e in range(np.uint64(base + runs[lat, c]), np.uint64(base + runs[lat, c + 1])):
-                acc[np.uint32(docs[e])] += w * value_of(vals, lut, e)
+                window[np.uint32(docs[e])] += w * np.float32(vals[e])  # unsigned: no negative-index checks
 
 
 LOWEST = np.float32(-3.4028235e38)
@@ -183,14 +187,14 @@ def _select(acc, off, scale, skip, budget, probes, starts, rows, scores, exact):
 
 
 @njit(cache=True)
-def _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc, off, scale, skip, budget,
+def _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lscale, probes, runs, acc, off, scale, skip, budget,
                starts, rows, scores):
     """:func:`_select` over the lists :func:`_add_lists` has added for query ``q``; when the
     sampled threshold misses, the lists are added again and every live doc passes. Returns the
     shortlist's size (rows in ``rows``); leaves ``acc`` cleared."""
     m = _select(acc, off, scale, skip, budget, probes, starts, rows, scores, False)
     if m < 0:
-        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, probes, runs, acc)
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lscale, probes, runs, starts, acc)
         m = _select(acc, off, scale, skip, budget, probes, starts, rows, scores, True)
     return m
 
@@ -217,7 +221,7 @@ def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
 
 @njit(cache=True)
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
-                  indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                  indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
                   out_d, out_i):
     acc, rows, scores, qdense = work.acc[c], work.touched[c], work.scores[c], work.qdense[c]
     topn = out_d.shape[1]
@@ -227,8 +231,8 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
         off = _query_offset(offset, q)
         # 1. shortlist: partial scores of the query's first terms over the (pruned) posting lists
         mine = probes[q] if probes.shape[0] > 1 else probes[0]
-        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc)
-        csize = _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lut, mine, runs, acc, off, scale, skip,
+        _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lscale, mine, runs, starts, acc)
+        csize = _shortlist(q, qptr, qlat, qval, cut, indptr, docs, vals, lscale, mine, runs, acc, off, scale, skip,
                            candidates, starts, rows, scores)
         # 2. exact scores of the shortlist with the whole query, from the forward index
         if dense.shape[0] > 0:
@@ -246,27 +250,28 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
 
 @njit(cache=True, parallel=True)
 def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
-                     indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                     indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
                      out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
         _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
-                      indptr, docs, vals, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
+                      indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
                       out_d, out_i)
 
 
 def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int,
-                indptr, docs, vals, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i,
+                indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i,
                 probes, starts, runs) -> None:
     """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
-    over their posting lists (doc-ordered, pruned as the engine built them), among the docs of
+    over their posting lists (a ``ClusterLists``: ``indptr``, ``docs``, ``vals``, ``lscale``;
+    doc-ordered, pruned as the engine built them), among the docs of
     the clusters ``probes`` (nq, P) or (1, P) for every query, ascending (cluster c: docs
     ``starts[c]:starts[c + 1]``, its runs of the lists :func:`list_runs`), then return the top-n
     of the shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
     dense query ``dense`` (nq, h) when it is not empty, against the forward index. ``work``
     holds one cleared accumulator and an n-row buffer per thread (see :class:`Workspace`)."""
     nq = len(qptr) - 1
-    args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, fwd_idx, fwd_val, lut, n, h,
+    args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h,
             offset, scale, skip, probes, starts, runs, work, out_d, out_i)
     if min(threads, nq) <= 1:
         _pruned_chunk(0, 0, nq, *args)
