@@ -14,6 +14,9 @@ from .postings import ClusterLists, list_lengths
 
 __all__ = ["PrunedEngine", "PROBE_FRACTION"]
 
+BLOCK_ROWS = 1 << 16
+"""An unclustered engine's rows are split into blocks of this many for its lists (all probed):
+each list's entries then store their doc as a uint16 offset in its block."""
 PROBE_FRACTION = 0.3
 """Default share of a clustered segment's clusters the shortlist reads (the nearest ones): on the
 1M set 0.3 kept recall@10 at 0.954 (0.957 unclustered), 0.25 gave 0.948 (``benchmarks/clustered.py``)."""
@@ -86,7 +89,10 @@ class PrunedEngine(InvertedIndexEngine):
             raise ValueError(f"probe_fraction must be a number in (0, 1], got {probe_fraction!r}")
         self.probe_fraction = float(probe_fraction)
         super().__init__(codes, threads=threads, values=values)
-        starts = np.array([0, self.n], dtype=np.int64) if clusters is None else np.asarray(clusters, dtype=np.int64)
+        if clusters is None:  # blocks of BLOCK_ROWS rows, all probed: the lists' docs fit uint16 (ClusterLists)
+            starts = np.append(np.arange(0, max(self.n, 1), BLOCK_ROWS, dtype=np.int64), self.n)
+        else:
+            starts = np.asarray(clusters, dtype=np.int64)
         if starts.ndim != 1 or len(starts) < 2 or starts[0] != 0 or starts[-1] != self.n or (np.diff(starts) < 0).any():
             raise ValueError(f"clusters must be non-decreasing row starts from 0 to n={self.n}")
         self.clusters = None if clusters is None else starts
@@ -96,7 +102,7 @@ class PrunedEngine(InvertedIndexEngine):
         """The shortlist's posting lists, compact (see :class:`ClusterLists`)."""
         if self.n >= self.full_scan_below:  # never scanned exactly: the full-width lists are not kept
             self.postings = None
-        self._every = np.zeros((1, 1), dtype=np.int64)  # the probes of an unclustered engine: its one cluster
+        self._every = np.arange(len(starts) - 1, dtype=np.int64)[None]  # an unclustered engine's probes: every block
 
     def _list_limit(self, codes: SparseCodes) -> int | None:
         if self.list_cut is None or codes.n < self.full_scan_below:  # a small segment's lists are short

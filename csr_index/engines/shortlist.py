@@ -4,7 +4,7 @@ Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically
 the engine was built, compact: :class:`~csr_index.engines.postings.ClusterLists`) are added
 into a dense per-thread accumulator, only the runs of the
 clusters the query probes (a clustered segment's nearest ones, see :mod:`csr_index.clusters`;
-otherwise one cluster holds all n docs); the ``candidates`` best docs of those clusters by
+otherwise every block of 65,536 rows); the ``candidates`` best docs of those clusters by
 that partial score are selected in linear time (:func:`_select`); those are scored
 exactly against the forward index, prefetching the rows a few candidates ahead; a bounded
 heap keeps the top-n. Array conventions are those of :mod:`csr_index.engines.kernels`.
@@ -221,8 +221,8 @@ def _score_rows(rows, m, qrow, off, fwd_idx, fwd_val, lut, scale, hv, hi):
 
 @njit(cache=True)
 def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
-                  indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
-                  out_d, out_i):
+                  indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs,
+                  work, out_d, out_i):
     acc, rows, scores, qdense = work.acc[c], work.touched[c], work.scores[c], work.qdense[c]
     topn = out_d.shape[1]
     hv = np.empty(topn, dtype=np.float32)
@@ -250,18 +250,18 @@ def _pruned_chunk(c, q0, q1, qptr, qlat, qval, dense, cut, candidates,
 
 @njit(cache=True, parallel=True)
 def _pruned_parallel(nchunks, qptr, qlat, qval, dense, cut, candidates,
-                     indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
-                     out_d, out_i):
+                     indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts,
+                     runs, work, out_d, out_i):
     nq = qptr.shape[0] - 1
     for c in prange(nchunks):
         _pruned_chunk(c, c * nq // nchunks, (c + 1) * nq // nchunks, qptr, qlat, qval, dense, cut, candidates,
-                      indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts, runs, work,
-                      out_d, out_i)
+                      indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h, offset, scale, skip, probes, starts,
+                      runs, work, out_d, out_i)
 
 
 def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int,
-                indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d, out_i,
-                probes, starts, runs) -> None:
+                indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d,
+                out_i, probes, starts, runs) -> None:
     """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
     over their posting lists (a ``ClusterLists``: ``indptr``, ``docs``, ``vals``, ``lscale``;
     doc-ordered, pruned as the engine built them), among the docs of
