@@ -247,30 +247,37 @@ def postings_read(index: CSRIndex, xq: np.ndarray, query_cut: int | None, list_c
     return float(total / len(xq) / index.ntotal)
 
 
-def paired_speedup(xb: np.ndarray, xq: np.ndarray, index: CSRIndex, rounds: int = 7, n: int = 100) -> dict:
-    """Single-query p50 of exact dense (faiss IndexFlatIP) and of the default ``index.search``, 1
-    thread, in alternating rounds of the same ``n`` queries, so that the drifts of a shared machine
-    hit both; the speed-up is the median of the per-round ratios (with their range)."""
-    flat = faiss.IndexFlatIP(D)
-    flat.add(xb)
+def alternating_p50(searches: dict[str, Callable[[np.ndarray], object]], xq: np.ndarray, rounds: int = 7,
+                    n: int = 100) -> dict[str, np.ndarray]:
+    """Single-query p50 (ms) of each search per round, on 1 thread: every round runs the same ``n``
+    queries through each search in turn, so that the drifts of a shared machine hit all of them."""
     pin_threads(1)
-    flat.search(xq[:1], TOPK), index.search(xq[:1], TOPK)
-
-    def p50(search, qs: np.ndarray) -> float:
-        times = []
-        for i in range(len(qs)):
-            start = time.perf_counter()
-            search(qs[i : i + 1])
-            times.append(time.perf_counter() - start)
-        return 1e3 * float(np.median(times))
-
-    dense, csr = [], []
+    for search in searches.values():
+        search(xq[:1])
+    out: dict[str, list[float]] = {name: [] for name in searches}
     for r in range(rounds):
         qs = xq[(r * n) % len(xq) :][:n]
-        dense.append(p50(lambda q: flat.search(q, TOPK), qs))
-        csr.append(p50(lambda q: index.search(q, TOPK), qs))
+        for name, search in searches.items():
+            times = []
+            for i in range(len(qs)):
+                start = time.perf_counter()
+                search(qs[i : i + 1])
+                times.append(time.perf_counter() - start)
+            out[name].append(1e3 * float(np.median(times)))
     pin_threads(THREADS)
-    ratio = np.array(dense) / np.array(csr)
+    return {name: np.array(p50s) for name, p50s in out.items()}
+
+
+def paired_speedup(xb: np.ndarray, xq: np.ndarray, index: CSRIndex, rounds: int = 7, n: int = 100) -> dict:
+    """Single-query p50 of exact dense (faiss IndexFlatIP) and of the default ``index.search`` in
+    alternating rounds (:func:`alternating_p50`); the speed-up is the median of the per-round
+    ratios (with their range)."""
+    flat = faiss.IndexFlatIP(D)
+    flat.add(xb)
+    p50 = alternating_p50({"dense": lambda q: flat.search(q, TOPK), "csr": lambda q: index.search(q, TOPK)},
+                          xq, rounds, n)
+    dense, csr = p50["dense"], p50["csr"]
+    ratio = dense / csr
     return {"dense_p50_ms": round(float(np.median(dense)), 3), "csr_p50_ms": round(float(np.median(csr)), 3),
             "speedup_median": round(float(np.median(ratio)), 2), "speedup_min": round(float(ratio.min()), 2),
             "speedup_max": round(float(ratio.max()), 2), "rounds": rounds, "queries_per_round": n}
