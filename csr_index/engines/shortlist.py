@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..threads import use_threadsafe_layer
-from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _heap_push, _offer, _query_offset, prefetch, value_of
+from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _heap_push, _offer, _query_offset, prefetch
 
 __all__ = ["pruned_topn", "list_runs"]
 
