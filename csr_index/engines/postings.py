@@ -157,11 +157,12 @@ class ClusterLists:
     """The pruned engine's posting lists, compact: the entries of :class:`Postings` (same
     ``indptr``, same order), each doc stored as its offset from its cluster's first row
     (uint16 when no cluster holds more than 65,536 rows, else int32; the pruned engine splits
-    an unclustered segment into blocks of 65,536) and each value as a level 1..255 of its
-    list's ``scale`` (``value ~= level * scale[lat]``, within scale / 2: a partial score to pick
-    candidates by, which are then scored exactly from the forward index). 3 bytes a posting instead of 6
-    (float16) or 8: on the 1M set 87 fewer bytes per vector, and the lists read 12-15 % faster
-    (no 256 KiB float16 table, half the bytes)."""
+    an unclustered segment into blocks of 65,536) and each (non-negative) value as a level
+    1..255 of its list's ``scale`` (``value ~= level * scale[lat]``, within scale / 2; a value
+    under that is raised to level 1, so each entry still touches its doc). It gives a partial
+    score to pick candidates by, which are then scored exactly from the forward index. 3 bytes a
+    posting instead of 6 (float16) or 8: on the 1M set 87 fewer bytes per vector, and the lists
+    read 12-15 % faster (no 256 KiB float16 table, half the bytes)."""
 
     indptr: np.ndarray
     docs: np.ndarray
