@@ -29,7 +29,9 @@ class PrunedEngine(InvertedIndexEngine):
        ``query_k`` latents of its code, see :meth:`CSRIndex.search`) are added term at a time
        into a dense accumulator. Each list holds only its strongest ``list_cut`` x (mean list
        length) entries (static pruning of the longest lists at build, relative so it holds at
-       any size), in doc order. The ``candidates`` best docs by that partial score are kept
+       any size), in doc order, 3 bytes an entry (:class:`ClusterLists`: a uint16 offset in the
+       entry's cluster or 65,536-row block, a uint8 level of the list's largest value). The
+       ``candidates`` best docs by that partial score are kept
        (``candidates`` x ``share`` for a segment that holds that share of the collection's
        rows) by one linear pass with a sampled threshold, not a heap. ``candidates`` is the
        budget up to 100,000 docs; a larger collection of n docs gets ``candidates`` x
