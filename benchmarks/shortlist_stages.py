@@ -53,7 +53,7 @@ def stages(size: str, queries: int) -> None:
     # the clusters each query's shortlist reads: its nearest ones (an unclustered engine: its one cluster)
     probes = [engine._every if engine.clusters is None else nearest_clusters(seg.clusters, x, engine.probe_fraction)
               for x in prepared]
-    starts, runs = engine._starts, engine._runs
+    starts, runs = engine._starts, p.runs
     times: dict[str, list[float]] = {"lists": [], "selection": [], "exact scores": [], "whole engine call": []}
     postings, probed = [], []
     for q, batch in enumerate(batches):  # the stages, query after query

@@ -628,8 +628,9 @@ def test_constructor_rejects_unknown_engine():
 @pytest.mark.parametrize("budget", [1, 7, 50, 400, 5000])
 def test_shortlist_keeps_the_best_partial_scores(seed, budget, clustered):
     """The pruned engine's linear-time selection equals a full sort (ties: lower doc first),
-    whatever the sampled threshold does (a miss returns -1, then the exact pass answers): touched docs in a few runs, ties, skips, a scale; over
-    every doc, or over the docs of some clusters only (the rest never selected nor cleared)."""
+    whatever the sampled threshold does (a miss returns -1, then the exact pass answers): touched
+    docs in a few runs, ties, skips, a scale; over every doc, or over the docs of some clusters only
+    (the rest never selected nor cleared)."""
     from csr_index.engines.shortlist import SAMPLE_CHUNKS, _select
 
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ from numba import njit
 from ..codes import SparseCodes
 from .kernels import LUT, value_of
 
-__all__ = ["Postings", "ClusterLists", "ForwardIndex", "VALUE_TYPES", "list_lengths"]
+__all__ = ["Postings", "ClusterLists", "ForwardIndex", "VALUE_TYPES", "list_lengths", "list_runs"]
 
 VALUE_TYPES = ("float32", "float16")
 
@@ -128,11 +128,29 @@ class Postings:
 
 
 @njit(cache=True)
-def _compact(indptr, docs, vals, lut, starts):
-    """Each posting's doc as its offset in its cluster (``starts``; lists are doc-ordered, so one
-    pass per list) and its value quantised in its list: ``rint(v / scale[lat])`` in 1..255, with
-    ``scale[lat]`` = the list's largest value / 255 (1 for an empty list)."""
-    h = indptr.shape[0] - 1
+def list_runs(indptr, docs, starts):
+    """Where each cluster's run begins in each posting list: int32 (h, C + 1), ``runs[lat, c]``
+    the first position of list ``lat`` (from its start) holding a doc >= ``starts[c]``. Lists are
+    doc-ordered and cluster c holds docs ``starts[c]:starts[c + 1]``, so that run is
+    ``runs[lat, c]:runs[lat, c + 1]``."""
+    h, nc = indptr.shape[0] - 1, starts.shape[0]
+    runs = np.empty((h, nc), dtype=np.int32)
+    for lat in range(h):
+        lo, hi = indptr[lat], indptr[lat + 1]
+        e = lo
+        for c in range(nc):
+            while e < hi and docs[e] < starts[c]:
+                e += 1
+            runs[lat, c] = e - lo
+    return runs
+
+
+@njit(cache=True)
+def _compact(indptr, docs, vals, lut, starts, runs):
+    """Each posting's doc as its offset in its cluster (``starts``, the lists' ``runs`` of them)
+    and its value quantised in its list: ``rint(v / scale[lat])`` in 1..255, with ``scale[lat]`` =
+    the list's largest value / 255 (1 for an empty list)."""
+    h, nc = indptr.shape[0] - 1, starts.shape[0] - 1
     local = np.empty(docs.shape[0], dtype=np.int32)
     levels = np.empty(docs.shape[0], dtype=np.uint8)
     scale = np.ones(h, dtype=np.float32)
@@ -143,11 +161,10 @@ def _compact(indptr, docs, vals, lut, starts):
             top = max(top, value_of(vals, lut, e))
         if top > 0:
             scale[lat] = top / np.float32(255.0)
-        c = 0
+        for c in range(nc):
+            for e in range(lo + runs[lat, c], lo + runs[lat, c + 1]):
+                local[e] = docs[e] - starts[c]
         for e in range(lo, hi):
-            while docs[e] >= starts[c + 1]:
-                c += 1
-            local[e] = docs[e] - starts[c]
             levels[e] = np.uint8(min(255.0, max(1.0, np.rint(value_of(vals, lut, e) / scale[lat]))))
     return local, levels, scale
 
@@ -168,18 +185,21 @@ class ClusterLists:
     docs: np.ndarray
     vals: np.ndarray
     scale: np.ndarray
+    runs: np.ndarray
+    """Where each cluster's run begins in each list, (h, C + 1) int32 (see :func:`list_runs`)."""
 
     @classmethod
     def build(cls, postings: Postings, starts: np.ndarray) -> "ClusterLists":
         """From doc-ordered ``postings`` over rows split into clusters at ``starts`` (C + 1,)."""
-        local, levels, scale = _compact(postings.indptr, postings.docs, postings.vals, postings.lut,
-                                        np.asarray(starts, dtype=np.int64))
+        starts = np.asarray(starts, dtype=np.int64)
+        runs = list_runs(postings.indptr, postings.docs, starts)
+        local, levels, scale = _compact(postings.indptr, postings.docs, postings.vals, postings.lut, starts, runs)
         wide = len(starts) > 1 and int(np.diff(starts).max()) > 1 << 16
-        return cls(postings.indptr.copy(), local.astype(np.int32 if wide else np.uint16), levels, scale)
+        return cls(postings.indptr.copy(), local.astype(np.int32 if wide else np.uint16), levels, scale, runs)
 
     @property
     def nbytes(self) -> int:
-        return int(self.indptr.nbytes + self.docs.nbytes + self.vals.nbytes + self.scale.nbytes)
+        return int(self.indptr.nbytes + self.docs.nbytes + self.vals.nbytes + self.scale.nbytes + self.runs.nbytes)
 
 
 @dataclass(frozen=True)

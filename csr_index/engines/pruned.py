@@ -7,7 +7,7 @@ import numpy as np
 from ..budgets import CANDIDATE_GROWTH, size_factor
 from ..codes import SparseCodes
 from ..validation import check_positive
-from .shortlist import list_runs, pruned_topn
+from .shortlist import pruned_topn
 from .base import empty_result, sparse_query_arrays
 from .inverted import InvertedIndexEngine
 from .postings import ClusterLists, list_lengths
@@ -99,7 +99,6 @@ class PrunedEngine(InvertedIndexEngine):
             raise ValueError(f"clusters must be non-decreasing row starts from 0 to n={self.n}")
         self.clusters = None if clusters is None else starts
         self._starts = starts
-        self._runs = list_runs(self.postings.indptr, self.postings.docs, starts)
         self.lists = ClusterLists.build(self.postings, starts)
         """The shortlist's posting lists, compact (see :class:`ClusterLists`)."""
         if self.n >= self.full_scan_below:  # never scanned exactly: the full-width lists are not kept
@@ -129,7 +128,7 @@ class PrunedEngine(InvertedIndexEngine):
     @property
     def nbytes(self) -> int:
         full = 0 if self.postings is None else self.postings.nbytes
-        return full + self.lists.nbytes + self._forward_copies + int(self._runs.nbytes)
+        return full + self.lists.nbytes + self._forward_copies
 
     def _search(self, queries, topn, scale, skip, share=1.0, probes=None):
         if self.n < self.full_scan_below * share:
@@ -144,5 +143,5 @@ class PrunedEngine(InvertedIndexEngine):
         p, f = self.lists, self.forward
         pruned_topn(self.workers(queries.n), qptr, qlat, qval, dense, cut, shortlist, p.indptr, p.docs, p.vals,
                     p.scale, f.idx, f.vals, f.lut, self.n, self.h, off, sc, sk, self.workspace(queries.n), out_d, out_i,
-                    self._every if probes is None else probes, self._starts, self._runs)
+                    self._every if probes is None else probes, self._starts, p.runs)
         return out_d, out_i

@@ -2,12 +2,12 @@
 
 Per query: the first ``cut`` query terms' posting lists (doc-ordered, statically pruned when
 the engine was built, compact: :class:`~csr_index.engines.postings.ClusterLists`) are added
-into a dense per-thread accumulator, only the runs of the
-clusters the query probes (a clustered segment's nearest ones, see :mod:`csr_index.clusters`;
-otherwise every block of 65,536 rows); the ``candidates`` best docs of those clusters by
-that partial score are selected in linear time (:func:`_select`); those are scored
-exactly against the forward index, prefetching the rows a few candidates ahead; a bounded
-heap keeps the top-n. Array conventions are those of :mod:`csr_index.engines.kernels`.
+into a dense per-thread accumulator, only the runs of the clusters the query probes (a
+clustered segment's nearest ones, see :mod:`csr_index.clusters`; otherwise every block of
+65,536 rows); the ``candidates`` best docs of those clusters by that partial score are
+selected in linear time (:func:`_select`); those are scored exactly against the forward index,
+prefetching the rows a few candidates ahead; a bounded heap keeps the top-n. Array conventions
+are those of :mod:`csr_index.engines.kernels`.
 """
 
 from __future__ import annotations
@@ -18,37 +18,19 @@ from numba import njit, prange
 from ..threads import use_threadsafe_layer
 from .kernels import PREFETCH_AHEAD, _emit, _forward_score, _heap_push, _offer, _query_offset, prefetch
 
-__all__ = ["pruned_topn", "list_runs"]
+__all__ = ["pruned_topn"]
 
 
 @njit(cache=True)
-def list_runs(indptr, docs, starts):
-    """Where each cluster's run begins in each posting list: int32 (h, C + 1), ``runs[lat, c]``
-    the first position of list ``lat`` (from its start) holding a doc >= ``starts[c]``. Lists are
-    doc-ordered and cluster c holds docs ``starts[c]:starts[c + 1]``, so that run is
-    ``runs[lat, c]:runs[lat, c + 1]``."""
-    h, nc = indptr.shape[0] - 1, starts.shape[0]
-    runs = np.empty((h, nc), dtype=np.int32)
-    for lat in range(h):
-        lo, hi = indptr[lat], indptr[lat + 1]
-        e = lo
-        for c in range(nc):
-            while e < hi and docs[e] < starts[c]:
-                e += 1
-            runs[lat, c] = e - lo
-    return runs
-
-
-@njit(cache=True)
-def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, scale, probes, runs, starts, acc):
+def _add_lists(q, qptr, qlat, qval, cut, indptr, docs, vals, lscale, probes, runs, starts, acc):
     """Add the first ``cut`` query terms' products over their posting lists (a
     :class:`~csr_index.engines.postings.ClusterLists`: docs as offsets in their cluster, values as
-    levels of the list's ``scale``) into ``acc``, only the runs of the clusters ``probes`` (see
-    :func:`list_runs`), each into its cluster's window of ``acc``: read front to back, no
-    touched-doc list."""
+    levels of the list's scale ``lscale``) into ``acc``, only the runs of the clusters ``probes``
+    (its ``runs``), each into its cluster's window of ``acc``: read front to back, no touched-doc
+    list."""
     for p in range(qptr[q], min(qptr[q + 1], qptr[q] + cut)):
         lat = qlat[p]
-        w = qval[p] * scale[lat]
+        w = qval[p] * lscale[lat]
         base = indptr[lat]
         for c in probes:
             window = acc[starts[c] : starts[c + 1]]
@@ -263,13 +245,13 @@ def pruned_topn(threads: int, qptr, qlat, qval, dense, cut: int, candidates: int
                 indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n: int, h: int, offset, scale, skip, work, out_d,
                 out_i, probes, starts, runs) -> None:
     """Shortlist ``candidates`` docs by the partial score of each query's first ``cut`` terms
-    over their posting lists (a ``ClusterLists``: ``indptr``, ``docs``, ``vals``, ``lscale``;
-    doc-ordered, pruned as the engine built them), among the docs of
-    the clusters ``probes`` (nq, P) or (1, P) for every query, ascending (cluster c: docs
-    ``starts[c]:starts[c + 1]``, its runs of the lists :func:`list_runs`), then return the top-n
-    of the shortlist by exact score: the whole sparse query (``qptr``/``qlat``/``qval``), or the
-    dense query ``dense`` (nq, h) when it is not empty, against the forward index. ``work``
-    holds one cleared accumulator and an n-row buffer per thread (see :class:`Workspace`)."""
+    over their posting lists (a ``ClusterLists``: ``indptr``, ``docs``, ``vals``, ``lscale``,
+    ``runs``; doc-ordered, pruned as the engine built them), among the docs of the clusters
+    ``probes`` (nq, P) or (1, P) for every query, ascending (cluster c: docs
+    ``starts[c]:starts[c + 1]``), then return the top-n of the shortlist by exact score: the
+    whole sparse query (``qptr``/``qlat``/``qval``), or the dense query ``dense`` (nq, h) when it
+    is not empty, against the forward index. ``work`` holds one cleared accumulator and n-row
+    buffers of rows and scores per thread (see :class:`Workspace`)."""
     nq = len(qptr) - 1
     args = (qptr, qlat, qval, dense, cut, candidates, indptr, docs, vals, lscale, fwd_idx, fwd_val, lut, n, h,
             offset, scale, skip, probes, starts, runs, work, out_d, out_i)
