@@ -95,6 +95,7 @@ def load_data(size: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         return xb, xq
     path = cache / "pypi1m-synthetic-f16.npy"
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, synthetic_mixes(xb, 900_000).astype(np.float16))
     return np.concatenate([xb, np.load(path).astype(np.float32)]), xq
 
